@@ -1,0 +1,153 @@
+"""`spa prune` and `spa analyze`: run the library on this machine, no server.
+
+Bad input (missing / truncated / non-ONNX file, a target outside (0, 1), an unknown input name or
+criterion) -> one line on stderr, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _ratio(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"{v} is not a fraction strictly between 0 and 1")
+    return v
+
+
+def _shape(text: str) -> tuple[str, list[int]]:
+    name, sep, dims = text.partition("=")
+    try:
+        values = [int(d) for d in dims.split(",")]
+    except ValueError:
+        values = []
+    if not sep or not name or not values or any(d <= 0 for d in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=D1,D2,... with positive dims")
+    return name, values
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("prune", help="prune a model file locally",
+                       description="Prune an ONNX model here and print a before/after table.")
+    p.add_argument("model", type=Path, help="input .onnx")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output .onnx (or a folder)")
+    tgt = p.add_mutually_exclusive_group()
+    tgt.add_argument("--flops", type=_ratio, help="fraction of MACs to remove")
+    tgt.add_argument("--params", type=_ratio, help="fraction of parameters to remove")
+    tgt.add_argument("--channels", type=_ratio, help="fraction of prunable channels to remove")
+    p.add_argument("--criterion", default="l1")
+    p.add_argument("--scope", choices=["global", "local"], default="global")
+    p.add_argument("--round-to", type=int, default=1)
+    p.add_argument("--max-group-ratio", type=float, default=0.9)
+    p.add_argument("--ignore", action="append", default=[], metavar="GLOB")
+    p.add_argument("--input-shape", action="append", default=[], type=_shape, metavar="NAME=D1,D2,...")
+    p.add_argument("--data", type=Path, help="calibration data (.npz named after the inputs)")
+    p.add_argument("--approximate", action="store_true", help="also prune groups under LayerNorm")
+    p.add_argument("--report", type=Path, help="write report.json here")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_prune)
+
+    a = sub.add_parser("analyze", help="list a model's dependency groups",
+                       description="Load an ONNX model and list its coupled channel groups.")
+    a.add_argument("model", type=Path)
+    a.add_argument("--input-shape", action="append", default=[], type=_shape, metavar="NAME=D1,D2,...")
+    a.add_argument("--json", action="store_true", help="print JSON")
+    a.set_defaults(func=cmd_analyze)
+
+
+def _usage(msg: str) -> Exception:
+    from client.cli import UsageError
+
+    return UsageError(msg)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from pruning_core.errors import PruneError
+    from pruning_core.spec import PruneSpec
+
+    target = ({"flops": args.flops} if args.flops is not None else {"params": args.params}
+              if args.params is not None else {"channels": args.channels if args.channels is not None else 0.3})
+    try:
+        spec = PruneSpec(target=target, criterion=args.criterion, scope=args.scope, round_to=args.round_to,
+                         max_group_ratio=args.max_group_ratio, ignore=args.ignore, seed=args.seed,
+                         approximate=args.approximate, input_shapes=dict(args.input_shape))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise _usage(f"bad spec: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    if not args.model.is_file():
+        raise _usage(f"model file not found: {args.model}")
+    from pruning_core.api import prune
+
+    def progress(stage: str, frac: float, msg: str | None) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\r{stage:<8} {frac:5.0%} {msg or '':<50.50}")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            res = prune(args.model, spec, tmp, data=args.data, progress=progress)
+        except PruneError as e:
+            raise _usage(str(e)) from None
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        out = args.output
+        if out.suffix != ".onnx":
+            out.mkdir(parents=True, exist_ok=True)
+            out = out / "pruned.onnx"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(res.artifacts["pruned.onnx"]), out)
+        if args.report:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(res.artifacts["report.json"]), args.report)
+    print(format_table(res.report))
+    print(f"wrote {out}")
+    return 0
+
+
+def format_table(rep: dict) -> str:
+    def row(name: str, before: float, after: float, unit: str = "") -> str:
+        change = (after / before - 1) if before else 0.0
+        return f"{name:<12}{before:>16,.{2 if unit else 0}f}{after:>16,.{2 if unit else 0}f}{change:>+10.1%} {unit}"
+
+    gs = rep["groups_summary"]
+    lines = [f"{'':<12}{'before':>16}{'after':>16}{'change':>10}",
+             row("params", rep["params"]["before"], rep["params"]["after"]),
+             row("MACs", rep["macs"]["before"], rep["macs"]["after"]),
+             row("latency", rep["latency_ms"]["before"], rep["latency_ms"]["after"], "ms"),
+             f"groups: {gs['total']} total, {gs['prunable']} prunable, {gs['pruned']} pruned; "
+             f"channels removed {rep['channels']['removed']}/{rep['channels']['total']}",
+             f"verify: max error {rep['verify'].get('max_error', float('nan')):.3g} "
+             f"(tolerance {rep['verify'].get('tolerance', float('nan')):.3g}); "
+             f"output cosine vs original {rep['fidelity']['cosine']:.4f}"]
+    return "\n".join(lines)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from pruning_core.api import analyze
+    from pruning_core.errors import PruneError
+
+    if not args.model.is_file():
+        raise _usage(f"model file not found: {args.model}")
+    try:
+        summary = analyze(args.model, dict(args.input_shape))
+    except PruneError as e:
+        raise _usage(str(e)) from None
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"{args.model.name}: {summary['params']:,} params, {summary['macs']:,} MACs, "
+          f"{summary['groups_total']} groups ({summary['groups_prunable']} prunable)")
+    for gr in summary["groups"]:
+        state = "prunable" if gr["prunable"] else "fixed"
+        why = f"  <- {gr['reasons'][0]}" if gr["reasons"] else ""
+        print(f"  #{gr['id']:<4}{gr['size']:>6} ch  {state:<9}{gr['name']}{why}")
+    return 0

@@ -1,0 +1,212 @@
+"""The one entry point: ``prune(model, spec, out_dir, progress=...) -> PruneResult``.
+
+load -> analyze -> score -> select -> surgery -> verify -> measure -> save. Progress goes to
+``progress(stage, fraction, message)``; a callback that raises ``Cancelled`` stops the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import ModelProto, helper
+
+from pruning_core import data as data_mod
+from pruning_core import graph as graph_mod
+from pruning_core import metrics, surgery
+from pruning_core.errors import ModelLoadError, PruneError
+from pruning_core.groups import Analysis
+from pruning_core.groups import analyze as analyze_graph
+from pruning_core.importance import ScoreContext, score
+from pruning_core.selection import candidates, select
+from pruning_core.spec import PruneSpec
+from pruning_core.verify import verify
+
+Progress = Callable[[str, float, str | None], None]
+
+STAGES = ["load", "analyze", "score", "select", "surgery", "verify", "measure", "save"]
+
+
+class VerificationError(PruneError):
+    """The pruned model does not match the masked original: never shipped."""
+
+    code = "verification_failed"
+
+
+@dataclass
+class PruneResult:
+    artifacts: dict[str, Path]
+    report: dict[str, Any]
+    summary: dict[str, Any]
+    model: ModelProto | None = field(default=None, repr=False)
+
+
+def _io(g: graph_mod.Graph, names: list[str]) -> list[dict]:
+    return [{"name": n, "shape": list(g.shape(n)) if n in g.shapes else None,
+             "dtype": str(helper.tensor_dtype_to_np_dtype(g.dtypes[n])) if n in g.dtypes else None}
+            for n in names]
+
+
+def _model_path(model: str | os.PathLike[str]) -> Path:
+    p = Path(model)
+    if p.suffix in (".pt2", ".pt", ".pth"):
+        raise ModelLoadError("PyTorch (.pt2) models are not supported yet: export to ONNX first")
+    return p
+
+
+def analyze(model: str | os.PathLike[str], input_shapes: dict[str, list[int]] | None = None,
+            attention_heads: str = "auto", approximate: bool = False) -> dict[str, Any]:
+    """Summary of a model: params, MACs, inputs, outputs and its dependency groups."""
+    g = graph_mod.load(_model_path(model), input_shapes)
+    an = analyze_graph(g, attention_heads, approximate)
+    return {"params": metrics.count_params(g), "macs": metrics.count_macs(g),
+            "inputs": _io(g, g.inputs), "outputs": _io(g, g.outputs), "opset": g.opset,
+            "nodes": len(g.model.graph.node), **an.summary(),
+            "groups": [grp.to_dict() for grp in an.groups]}
+
+
+def prune(model: str | os.PathLike[str], spec: PruneSpec | dict[str, Any], out_dir: str | os.PathLike[str],
+          *, data: str | os.PathLike[str] | None = None, progress: Progress | None = None) -> PruneResult:
+    spec = spec if isinstance(spec, PruneSpec) else PruneSpec.model_validate(spec)
+    out = Path(out_dir)
+    timings: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def stage(name: str, frac: float = 0.0, msg: str | None = None) -> None:
+        now = time.perf_counter()
+        if progress is not None:
+            progress(name, frac, msg)
+        clock[0] = now
+
+    def done(name: str) -> None:
+        timings[name] = round(time.perf_counter() - clock[0], 4)
+
+    stage("load", 0.0, f"loading {Path(model).name}")
+    g = graph_mod.load(_model_path(model), spec.input_shapes)
+    done("load")
+
+    stage("analyze", 0.0, f"{len(g.model.graph.node)} nodes")
+    an = analyze_graph(g, spec.attention_heads, spec.approximate)
+    done("analyze")
+
+    calib, labels = (data_mod.load_npz(data, g) if data is not None else (None, None))
+    stage("score", 0.0, f"criterion {spec.criterion}")
+    ctx = ScoreContext(an, spec, calib, labels, progress=lambda f, m: stage("score", f, m))
+    scores = score(ctx)
+    done("score")
+
+    stage("select", 0.0, f"target {spec.target.kind}={spec.target.value}")
+    removed = select(an, scores, spec.target.kind, spec.target.value, spec.scope, spec.max_group_ratio,
+                     spec.round_to, spec.ignore)
+    done("select")
+
+    stage("surgery", 0.0, f"removing {int(removed.sum())} channels")
+    pruned = surgery.apply(an, removed)
+    onnx.checker.check_model(pruned, full_check=True)
+    done("surgery")
+
+    inputs = data_mod.synthetic_inputs(g, seed=spec.seed)
+    verify_rep: dict[str, Any] = {"skipped": True}
+    if spec.verify:
+        stage("verify", 0.0, "masked-equivalence check")
+        exact_removed = _exact_only(an, removed)
+        exact_model = pruned if exact_removed.sum() == removed.sum() else surgery.apply(an, exact_removed)
+        verify_rep = verify(an, exact_removed, exact_model, inputs)
+        if exact_removed.sum() != removed.sum():
+            approx = verify(an, removed, pruned, inputs)
+            verify_rep["approximate"] = {"max_error": approx["max_error"],
+                                         "channels": int(removed.sum() - exact_removed.sum())}
+        if not verify_rep["passed"]:
+            raise VerificationError(f"pruned model differs from the masked original by {verify_rep['max_error']:.3g} "
+                                    f"(tolerance {verify_rep['tolerance']:.3g})")
+        done("verify")
+
+    stage("measure", 0.0, "params, MACs, latency")
+    figures = _measure(g, an, removed, pruned, inputs)
+    done("measure")
+
+    stage("save", 0.0, None)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / "pruned.onnx"
+    _save(pruned, onnx_path)
+    report = _report(g, an, removed, scores, spec, figures, verify_rep, timings)
+    rep_path = out / "report.json"
+    rep_path.write_text(json.dumps(report, indent=1))
+    done("save")
+    stage("save", 1.0, "done")
+    summary = {k: figures[k] for k in ("params_before", "params_after", "macs_before", "macs_after",
+                                       "latency_ms_before", "latency_ms_after")}
+    summary["verify_max_error"] = verify_rep.get("max_error")
+    summary["channels_removed"] = int(removed.sum())
+    return PruneResult({"pruned.onnx": onnx_path, "report.json": rep_path}, report, summary, pruned)
+
+
+def _exact_only(an: Analysis, removed: np.ndarray) -> np.ndarray:
+    exact = removed.copy()
+    for grp in an.groups:
+        if not grp.exact:
+            exact[grp.channels] = False
+    return exact
+
+
+def _measure(g: graph_mod.Graph, an: Analysis, removed: np.ndarray, pruned: ModelProto,
+             inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    before = metrics.run(g.model, inputs)
+    after = metrics.run(pruned, inputs)
+    return {
+        "params_before": an.params(), "params_after": an.params(removed),
+        "macs_before": an.macs(), "macs_after": an.macs(removed),
+        "latency_ms_before": metrics.latency_ms(g.model, inputs),
+        "latency_ms_after": metrics.latency_ms(pruned, inputs),
+        "fidelity": metrics.fidelity(before, after),
+    }
+
+
+def _save(m: ModelProto, path: Path) -> None:
+    if m.ByteSize() > 1_800_000_000:
+        onnx.save(m, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save(m, str(path))
+
+
+def _report(g: graph_mod.Graph, an: Analysis, removed: np.ndarray, scores: dict[int, np.ndarray],
+            spec: PruneSpec, figures: dict[str, Any], verify_rep: dict[str, Any],
+            timings: dict[str, float]) -> dict[str, Any]:
+    cands = {grp.id for grp in candidates(an, spec.ignore)}
+    groups = []
+    for grp in an.groups:
+        kept = int(grp.size - removed[grp.channels].sum())
+        groups.append({"id": grp.id, "name": grp.name, "kept": kept, "total": grp.size,
+                       "prunable": grp.prunable, "candidate": grp.id in cands, "exact": grp.exact,
+                       "reasons": grp.reasons,
+                       "kept_channels": np.nonzero(~removed[grp.channels])[0].tolist() if kept < grp.size else None})
+    def ratio(a: float, b: float) -> float:
+        return round(1 - b / a, 6) if a else 0.0
+
+    return {
+        "version": 1,
+        "spec": spec.model_dump(mode="json"),
+        "inputs": _io(g, g.inputs), "outputs": _io(g, g.outputs),
+        "params": {"before": figures["params_before"], "after": figures["params_after"],
+                   "removed_fraction": ratio(figures["params_before"], figures["params_after"])},
+        "macs": {"before": figures["macs_before"], "after": figures["macs_after"],
+                 "removed_fraction": ratio(figures["macs_before"], figures["macs_after"])},
+        "latency_ms": {"before": figures["latency_ms_before"], "after": figures["latency_ms_after"],
+                       "threads": 1},
+        "fidelity": figures["fidelity"],
+        "channels": {"total": int(an.n_channels), "removed": int(removed.sum())},
+        "groups_summary": {"total": len(an.groups), "prunable": sum(gr.prunable for gr in an.groups),
+                           "pruned": sum(1 for gr in groups if gr["kept"] < gr["total"]),
+                           "unprunable": [{"name": gr.name, "size": gr.size, "reasons": gr.reasons}
+                                          for gr in an.groups if not gr.prunable]},
+        "groups": groups,
+        "verify": verify_rep,
+        "timings_s": timings,
+    }

@@ -1,0 +1,356 @@
+"""Load and normalize an ONNX model into the IR the rest of the library works on.
+
+Normalization: safe external data, concrete input shapes, shape inference, Constant nodes
+turned into initializers, constant shape sub-graphs folded (so Reshape / Slice / Split targets
+are constants), unique node names. Initializer names are kept: they are the parameter names
+users know (``conv1.weight``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
+
+from pruning_core.errors import ModelLoadError, SpecError
+
+# Folding: never fold through an original initializer bigger than this (a weight): folding
+# Transpose(W) would rename the parameter. Derived constants may be up to FOLD_MAX_OUT elements.
+FOLD_MAX_WEIGHT_IN = 4096
+FOLD_MAX_OUT = 1 << 22
+# Ops whose output depends on more than their inputs: never fold.
+NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+           "Bernoulli", "If", "Loop", "Scan"}
+
+
+@dataclass
+class Graph:
+    model: ModelProto
+    path: Path | None
+    inits: dict[str, np.ndarray]
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, int]
+    inputs: list[str]
+    outputs: list[str]
+    opset: int
+    original_inits: set[str] = field(default_factory=set)
+    producer: dict[str, NodeProto] = field(default_factory=dict)
+    consumers: dict[str, list[tuple[NodeProto, int]]] = field(default_factory=dict)
+
+    @property
+    def nodes(self) -> list[NodeProto]:
+        return list(self.model.graph.node)
+
+    def index(self) -> None:
+        self.producer = {}
+        self.consumers = {}
+        for node in self.model.graph.node:
+            for o in node.output:
+                if o:
+                    self.producer[o] = node
+            for i, name in enumerate(node.input):
+                if name:
+                    self.consumers.setdefault(name, []).append((node, i))
+
+    def is_const(self, name: str) -> bool:
+        return name in self.inits
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name in self.inits:
+            return tuple(self.inits[name].shape)
+        if name not in self.shapes:
+            raise KeyError(f"no static shape for tensor {name!r}")
+        return self.shapes[name]
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def read_model(path: str | os.PathLike[str]) -> ModelProto:
+    """Read an ONNX file; external data only from inside the model's own folder."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model file not found: {p}")
+    if not p.is_file():
+        raise ModelLoadError(f"not a file: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise ModelLoadError(f"{p.name} is not a valid ONNX model ({type(e).__name__}: {e})") from None
+    if not model.graph.node:
+        raise ModelLoadError(f"{p.name} is not a valid ONNX model (empty graph)")
+    base = p.resolve().parent
+    for t in _all_tensors(model):
+        if t.data_location == TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), "")
+            target = (base / loc).resolve()
+            if not loc or os.path.isabs(loc) or ".." in Path(loc).parts or base not in target.parents:
+                raise ModelLoadError(f"external data location {loc!r} of {t.name!r} leaves the model's folder")
+            if not target.is_file():
+                raise ModelLoadError(f"external data file {loc!r} of {t.name!r} is missing")
+    try:
+        onnx.load_external_data_for_model(model, str(base))
+    except Exception as e:
+        raise ModelLoadError(f"cannot read external data of {p.name}: {e}") from None
+    return model
+
+
+def _all_tensors(model: ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+
+
+def load(model: str | os.PathLike[str] | ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Graph:
+    """Read (if a path) and normalize a model. ``input_shapes`` fixes dynamic input dims."""
+    path = None
+    if isinstance(model, ModelProto):
+        m = ModelProto()
+        m.CopyFrom(model)
+    else:
+        path = Path(model)
+        m = read_model(path)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset == 0:
+        raise ModelLoadError("model has no default-domain opset import")
+    if opset < 11:
+        m = onnx.version_converter.convert_version(m, 13)
+        opset = 13
+    _name_nodes(m)
+    original = {t.name for t in m.graph.initializer}
+    _constants_to_initializers(m)
+    _drop_initializer_inputs(m)
+    _unshare_vectors(m)
+    original |= {t.name for t in m.graph.initializer}
+    _fix_input_shapes(m, input_shapes or {})
+    g = Graph(model=m, path=path, inits={}, shapes={}, dtypes={}, inputs=[i.name for i in m.graph.input],
+              outputs=[o.name for o in m.graph.output], opset=opset, original_inits=original)
+    _refresh(g)
+    for _ in range(4):
+        if not fold_constants(g):
+            break
+        _refresh(g)
+    _prune_dead(g)
+    g.index()
+    return g
+
+
+def _refresh(g: Graph) -> None:
+    """Re-run shape inference and rebuild the shape / initializer tables."""
+    m = g.model
+    del m.graph.value_info[:]
+    try:
+        m2 = onnx.shape_inference.infer_shapes(m, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as e:
+        raise ModelLoadError(f"shape inference failed: {e}") from None
+    g.model = m = m2
+    g.inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    g.shapes, g.dtypes = {}, {}
+    for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
+        g.dtypes[vi.name] = tt.elem_type
+        if all(d >= 0 for d in dims):
+            g.shapes[vi.name] = dims
+    for name, arr in g.inits.items():
+        g.shapes[name] = tuple(arr.shape)
+    g.index()
+
+
+def _name_nodes(m: ModelProto) -> None:
+    seen: set[str] = set()
+    for i, node in enumerate(m.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        node.name = name
+        seen.add(name)
+
+
+def _constants_to_initializers(m: ModelProto) -> None:
+    keep = []
+    for node in m.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            a = node.attribute[0]
+            if a.name == "value":
+                arr = numpy_helper.to_array(a.t)
+            elif a.name in ("value_float", "value_int"):
+                arr = np.array(helper.get_attribute_value(a), dtype=np.float32 if a.name == "value_float" else np.int64)
+            elif a.name in ("value_floats", "value_ints"):
+                arr = np.array(helper.get_attribute_value(a),
+                               dtype=np.float32 if a.name == "value_floats" else np.int64)
+            else:
+                keep.append(node)
+                continue
+            m.graph.initializer.append(numpy_helper.from_array(arr, node.output[0]))
+        else:
+            keep.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+
+
+def _unshare_vectors(m: ModelProto) -> None:
+    """Give every user of a shared 1-D initializer its own copy.
+
+    The dynamo exporter's optimizer merges equal constants: every zero bias and every LayerNorm
+    weight of a fresh model become one tensor, which would couple unrelated layers. Matrices stay
+    shared: tied weights (embedding = lm_head) are a real coupling."""
+    inits = {t.name: t for t in m.graph.initializer}
+    seen: dict[str, int] = {}
+    for node in m.graph.node:
+        for i, name in enumerate(node.input):
+            t = inits.get(name)
+            if t is None or len(t.dims) != 1 or t.dims[0] <= 1:
+                continue
+            k = seen.get(name, 0)
+            seen[name] = k + 1
+            if k == 0:
+                continue
+            copy = TensorProto()
+            copy.CopyFrom(t)
+            copy.name = f"{name}__{k}"
+            m.graph.initializer.append(copy)
+            node.input[i] = copy.name
+
+
+def _drop_initializer_inputs(m: ModelProto) -> None:
+    """Old exporters list initializers as graph inputs; they are parameters, not inputs."""
+    names = {t.name for t in m.graph.initializer}
+    real = [i for i in m.graph.input if i.name not in names]
+    if len(real) != len(m.graph.input):
+        del m.graph.input[:]
+        m.graph.input.extend(real)
+
+
+def _fix_input_shapes(m: ModelProto, shapes: dict[str, list[int]]) -> None:
+    names = [i.name for i in m.graph.input]
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise SpecError(f"unknown input name(s) {unknown}; the model's inputs are {names}")
+    for inp in m.graph.input:
+        tt = inp.type.tensor_type
+        dims = list(tt.shape.dim)
+        if inp.name in shapes:
+            want = [int(d) for d in shapes[inp.name]]
+            if len(want) != len(dims):
+                raise SpecError(f"input {inp.name!r} has rank {len(dims)}, input_shapes gives {want}")
+            for d, w in zip(dims, want, strict=True):
+                if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != w:
+                    raise SpecError(f"input {inp.name!r} has fixed dim {d.dim_value}, input_shapes gives {w}")
+                d.Clear()
+                d.dim_value = w
+            continue
+        for axis, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                continue
+            if axis == 0:  # a dynamic batch axis defaults to 1
+                d.Clear()
+                d.dim_value = 1
+                continue
+            shown = [x.dim_value if x.HasField("dim_value") and x.dim_value > 0 else (x.dim_param or "?") for x in dims]
+            raise SpecError(f"input {inp.name!r} has dynamic shape {shown}; give concrete dims with "
+                            f"input_shapes (CLI: --input-shape {inp.name}=...)")
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def run_node(node: NodeProto, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    """Evaluate one node with onnx's reference implementation (used for folding and labels)."""
+    from onnx.reference import ReferenceEvaluator
+
+    in_names = [n if n else "" for n in node.input]
+    graph_inputs = []
+    feeds = {}
+    for name, arr in zip(in_names, inputs, strict=True):
+        if not name:
+            continue
+        if arr is None:
+            raise ValueError(f"missing input {name!r}")
+        if name not in feeds:
+            graph_inputs.append(helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape)))
+            feeds[name] = arr
+    outs = [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in node.output if o]
+    g = helper.make_graph([node], "eval", graph_inputs, outs)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    sess = ReferenceEvaluator(m)
+    res = sess.run(None, feeds)
+    return [np.asarray(r) for r in res]
+
+
+def fold_constants(g: Graph) -> bool:
+    """Fold nodes whose inputs are all constants (and Shape/Size of static tensors)."""
+    m = g.model
+    changed = False
+    new_nodes: list[NodeProto] = []
+    consts: dict[str, np.ndarray] = dict(g.inits)
+    new_inits: list[TensorProto] = []
+    for node in m.graph.node:
+        folded = None
+        if node.domain in ("", "ai.onnx") and node.op_type not in NO_FOLD:
+            if node.op_type == "Shape" and node.input[0] in g.shapes:
+                shp = np.array(g.shapes[node.input[0]], dtype=np.int64)
+                start = _attr(node, "start", 0)
+                end = _attr(node, "end", None)
+                folded = [shp[start:end]]
+            elif node.op_type == "Size" and node.input[0] in g.shapes:
+                folded = [np.array(int(np.prod(g.shapes[node.input[0]])), dtype=np.int64)]
+            elif all((not n) or n in consts for n in node.input) and node.input:
+                big = any(n in g.original_inits and consts[n].size > FOLD_MAX_WEIGHT_IN for n in node.input if n)
+                if not big:
+                    try:
+                        folded = run_node(node, [consts[n] if n else None for n in node.input], g.opset)
+                    except Exception:
+                        folded = None
+        if folded is not None and all(a.size <= FOLD_MAX_OUT for a in folded) and \
+                not any(o in g.outputs for o in node.output):
+            for name, arr in zip([o for o in node.output if o], folded, strict=False):
+                consts[name] = arr
+                new_inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+            changed = True
+        else:
+            new_nodes.append(node)
+    if changed:
+        del m.graph.node[:]
+        m.graph.node.extend(new_nodes)
+        m.graph.initializer.extend(new_inits)
+    return changed
+
+
+def _prune_dead(g: Graph) -> None:
+    """Drop nodes and initializers that no graph output depends on."""
+    m = g.model
+    needed = set(g.outputs)
+    keep: list[NodeProto] = []
+    for node in reversed(list(m.graph.node)):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(n for n in node.input if n)
+    keep.reverse()
+    if len(keep) != len(m.graph.node):
+        del m.graph.node[:]
+        m.graph.node.extend(keep)
+    inits = [t for t in m.graph.initializer if t.name in needed]
+    if len(inits) != len(m.graph.initializer):
+        del m.graph.initializer[:]
+        m.graph.initializer.extend(inits)
+        g.inits = {k: v for k, v in g.inits.items() if k in needed}
+
+
+def _attr(node: NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+attr = _attr

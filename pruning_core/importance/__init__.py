@@ -1,0 +1,9 @@
+"""Criteria registry: each criterion scores every channel place; lifting to groups (reduction,
+normalization) is the same for all criteria (``pruning_core.importance.lift``)."""
+
+from pruning_core.importance.registry import CRITERIA, Criterion, ScoreContext, register, score
+
+# Registration side effects: one module per criterion family.
+from pruning_core.importance import magnitude  # noqa: F401  isort: skip
+
+__all__ = ["CRITERIA", "Criterion", "ScoreContext", "register", "score"]

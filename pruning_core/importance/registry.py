@@ -1,0 +1,83 @@
+"""The one registry of criteria. A criterion returns, per group, per place, one score per channel
+(``[n_places, n_channels]``); ``lift`` reduces places and normalizes within the group, so selection
+never knows which criterion ran."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pruning_core.errors import SpecError
+from pruning_core.groups import Analysis, Group
+
+PlaceScores = Callable[["ScoreContext", Group], np.ndarray]
+
+
+@dataclass
+class ScoreContext:
+    analysis: Analysis
+    spec: Any  # PruneSpec
+    data: dict[str, np.ndarray] | None = None
+    labels: np.ndarray | None = None
+    progress: Callable[[float, str | None], None] | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def weight(self, place) -> np.ndarray:
+        return self.analysis.graph.inits[place.tensor]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    fn: PlaceScores
+    needs_data: bool = False
+    doc: str = ""
+    # whole-model criteria (one pass for all groups) set prepare: called once before fn
+    prepare: Callable[[ScoreContext], None] | None = None
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register(name: str, *, needs_data: bool = False, doc: str = "",
+             prepare: Callable[[ScoreContext], None] | None = None) -> Callable[[PlaceScores], PlaceScores]:
+    def deco(fn: PlaceScores) -> PlaceScores:
+        if name in CRITERIA:
+            raise ValueError(f"criterion {name} registered twice")
+        CRITERIA[name] = Criterion(name, fn, needs_data, doc, prepare)
+        return fn
+
+    return deco
+
+
+def lift(place_scores: np.ndarray, reduction: str, normalizer: str) -> np.ndarray:
+    """[n_places, n_channels] -> [n_channels]: reduce over places, normalize within the group."""
+    s = np.asarray(place_scores, dtype=np.float64)
+    if s.ndim == 1:
+        s = s[None]
+    red = {"mean": np.mean, "sum": np.sum, "max": np.max}[reduction](s, axis=0)
+    if normalizer == "none":
+        return red
+    denom = {"mean": np.mean, "max": np.max, "sum": np.sum}[normalizer](red)
+    return red / denom if denom > 0 else red
+
+
+def score(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    """Scores per prunable group id (one value per channel, higher = more important)."""
+    name = ctx.spec.criterion
+    if name not in CRITERIA:
+        raise SpecError(f"unknown criterion {name!r}; known: {', '.join(sorted(CRITERIA))}")
+    crit = CRITERIA[name]
+    if crit.prepare is not None:
+        crit.prepare(ctx)
+    out = {}
+    prunable = [g for g in ctx.analysis.groups if g.prunable]
+    for i, grp in enumerate(prunable):
+        ps = crit.fn(ctx, grp)
+        out[grp.id] = lift(ps, ctx.spec.group_reduction, ctx.spec.normalizer)
+        if ctx.progress is not None:
+            ctx.progress((i + 1) / max(1, len(prunable)), None)
+    return out

@@ -1,0 +1,272 @@
+"""Channel labels: the mechanism behind dependency analysis.
+
+Every activation tensor carries an int64 *label array* (-1 = no channel) in compact form: a
+dimension of size 1 where labels do not vary along it, broadcastable to the tensor's shape. Every
+parameter axis that touches channels carries a vector of union-find variables (``pvar``).
+Op rules (``pruning_core.ops``) union variables that must be pruned together and compute output
+labels; movement ops (Reshape, Transpose, Concat, Split, Slice, Gather, DepthToSpace, ...) simply
+run on the label arrays, which gives exact index maps without per-op mapping code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnx import NodeProto
+
+from pruning_core.graph import Graph, attr, run_node
+
+
+class UnionFind:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def new(self, n: int) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def find(self, x: int) -> int:
+        p = self.parent
+        root = x
+        while p[root] != root:
+            root = p[root]
+        while p[x] != root:
+            p[x], x = root, p[x]
+        return root
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if ra > rb:
+            ra, rb = rb, ra
+        self.parent[rb] = ra  # the smaller id stays root: deterministic channel order
+        return ra
+
+    def roots(self, arr: np.ndarray) -> np.ndarray:
+        """Map var ids to their current roots (-1 stays -1)."""
+        if arr.size == 0:
+            return arr
+        uniq, inv = np.unique(arr, return_inverse=True)
+        mapped = np.array([self.find(int(u)) if u >= 0 else -1 for u in uniq], dtype=np.int64)
+        return mapped[inv].reshape(arr.shape)
+
+
+def compact(arr: np.ndarray) -> np.ndarray:
+    """Shrink every axis along which the array is constant to size 1."""
+    a = np.asarray(arr, dtype=np.int64)
+    for ax in range(a.ndim):
+        if a.shape[ax] > 1:
+            first = a.take([0], axis=ax)
+            if np.array_equal(np.broadcast_to(first, a.shape), a):
+                a = first
+    return np.ascontiguousarray(a)
+
+
+def none_labels(rank: int) -> np.ndarray:
+    return np.full((1,) * rank, -1, dtype=np.int64)
+
+
+@dataclass
+class Mark:
+    """Labels (var ids) that must not be pruned (block) or only approximately (approx)."""
+
+    vars: np.ndarray
+    reason: str
+
+
+@dataclass
+class LabelCtx:
+    g: Graph
+    attention_heads: str = "auto"
+    uf: UnionFind = field(default_factory=UnionFind)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    pvars: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    producers: set[tuple[str, int]] = field(default_factory=set)
+    views: dict[str, tuple[str, tuple[int | None, ...]]] = field(default_factory=dict)
+    blocks: list[Mark] = field(default_factory=list)
+    approx: list[Mark] = field(default_factory=list)
+    consumer_inputs: list[tuple[str, int, str]] = field(default_factory=list)  # node, input idx, tensor
+
+    # ---------------------------------------------------------------- tensors
+
+    def is_const(self, name: str) -> bool:
+        return name in self.g.inits
+
+    def is_param(self, name: str) -> bool:
+        """A constant operand: an initializer or a view of one (Transpose(W), Unsqueeze(b))."""
+        return name in self.g.inits or name in self.views
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.g.shape(name)
+
+    def rank(self, name: str) -> int:
+        return len(self.shape(name))
+
+    def lab(self, name: str) -> np.ndarray:
+        """Compact labels of an activation (all -1 when it carries no channels)."""
+        if name in self.labels:
+            return self.labels[name]
+        return none_labels(self.rank(name))
+
+    def has_labels(self, name: str) -> bool:
+        return bool(name) and name in self.labels and bool((self.labels[name] >= 0).any())
+
+    def full(self, name: str) -> np.ndarray:
+        return np.ascontiguousarray(np.broadcast_to(self.lab(name), self.shape(name)))
+
+    def set(self, name: str, arr: np.ndarray) -> None:
+        if not name:
+            return
+        a = compact(arr)
+        if (a >= 0).any():
+            self.labels[name] = a
+        else:
+            self.labels.pop(name, None)
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.g.inits.get(name) if name else None
+
+    # ---------------------------------------------------------------- params
+
+    def view(self, name: str) -> tuple[str, tuple[int | None, ...]] | None:
+        """A parameter seen through Transpose / Unsqueeze / Reshape-by-ones: (init, axis map)."""
+        if name in self.views:
+            return self.views[name]
+        if name in self.g.inits:
+            return name, tuple(range(self.g.inits[name].ndim))
+        return None
+
+    def pvar(self, name: str, axis: int) -> np.ndarray | None:
+        """Union-find variables for the indices of parameter ``name`` along ``axis``."""
+        v = self.view(name)
+        if v is None:
+            return None
+        init, amap = v
+        axis = axis % len(amap)
+        src = amap[axis]
+        if src is None:
+            return None
+        key = (init, src)
+        if key not in self.pvars:
+            self.pvars[key] = self.uf.new(self.g.inits[init].shape[src])
+        return self.pvars[key]
+
+    def producer(self, name: str, axis: int) -> np.ndarray | None:
+        """Like pvar, and marks the place as producing channels (a group is born here)."""
+        v = self.pvar(name, axis)
+        if v is not None:
+            init, amap = self.view(name)  # type: ignore[misc]
+            self.producers.add((init, amap[axis % len(amap)]))  # type: ignore[arg-type]
+        return v
+
+    # ---------------------------------------------------------------- unions
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Union label arrays elementwise (broadcasting); -1 on either side is skipped."""
+        a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+        m = (a >= 0) & (b >= 0) & (a != b)
+        if not m.any():
+            return
+        pairs = np.unique(np.stack([a[m], b[m]], axis=1), axis=0)
+        for x, y in pairs:
+            self.uf.union(int(x), int(y))
+
+    def combine(self, arrs: list[np.ndarray], shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """Labels of an output fed by several labeled inputs: union where they overlap."""
+        arrs = [a for a in arrs if a is not None]
+        if not arrs:
+            return none_labels(len(shape or ()))
+        out = arrs[0]
+        for b in arrs[1:]:
+            self.union(out, b)
+            out = np.where(out >= 0, out, b)
+        return compact(out)
+
+    def slab_union(self, arr: np.ndarray, axis: int) -> np.ndarray:
+        """Make every slice along ``axis`` one channel: union all labels in each slice."""
+        arr = np.asarray(arr)
+        moved = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
+        for row in moved:
+            vals = np.unique(row[row >= 0])
+            for v in vals[1:]:
+                self.uf.union(int(vals[0]), int(v))
+        return compact(self.uf.roots(arr))
+
+    def slabify(self, arr: np.ndarray) -> np.ndarray:
+        """Labels that vary along several axes (a reshape split into heads, pixel shuffle) are
+        merged so they vary along one: the outermost for whole heads / whole groups ("auto",
+        "heads"), the innermost for per-dimension pruning ("dims")."""
+        arr = compact(self.uf.roots(np.asarray(arr)))
+        while True:
+            varying = [ax for ax in range(arr.ndim) if arr.shape[ax] > 1]
+            if len(varying) <= 1:
+                return arr
+            keep = varying[-1] if self.attention_heads == "dims" else varying[0]
+            arr = self.slab_union(arr, keep)
+
+    def along(self, name: str, axis: int, node: NodeProto) -> np.ndarray:
+        """Label vector of ``name`` along ``axis`` (len = dim). Labels varying on other axes too
+        cannot be coupled to a parameter axis: they are blocked."""
+        return self.along_arr(self.lab(name), axis, self.shape(name)[axis], node)
+
+    def along_arr(self, lab: np.ndarray, axis: int, n: int, node: NodeProto) -> np.ndarray:
+        axis = axis % lab.ndim
+        others = [ax for ax in range(lab.ndim) if ax != axis and lab.shape[ax] > 1]
+        if others and lab.shape[axis] > 1:
+            self.block(lab, f"channels vary over several axes at {node.op_type} node {node.name!r}")
+            return np.full(n, -1, dtype=np.int64)
+        idx = tuple(slice(None) if ax == axis else 0 for ax in range(lab.ndim))
+        return np.ascontiguousarray(np.broadcast_to(lab[idx], (n,)))
+
+    def varies(self, name: str, axis: int) -> bool:
+        lab = self.lab(name)
+        return lab.shape[axis % lab.ndim] > 1
+
+    def block(self, arr: np.ndarray, reason: str) -> None:
+        vals = np.unique(np.asarray(arr))
+        vals = vals[vals >= 0]
+        if vals.size:
+            self.blocks.append(Mark(vals, reason))
+
+    def mark_approx(self, arr: np.ndarray, reason: str) -> None:
+        vals = np.unique(np.asarray(arr))
+        vals = vals[vals >= 0]
+        if vals.size:
+            self.approx.append(Mark(vals, reason))
+
+    def consumer(self, node: NodeProto, index: int) -> None:
+        """Verification masks this input of ``node`` (removed channels zeroed before it)."""
+        name = node.input[index]
+        if self.has_labels(name):
+            self.consumer_inputs.append((node.name, index, name))
+
+    # ---------------------------------------------------------------- helpers for rules
+
+    def run_on_labels(self, node: NodeProto, data_inputs: set[int]) -> list[np.ndarray]:
+        """Run a movement op on the label arrays of its data inputs (others must be constants)."""
+        feeds: list[np.ndarray | None] = []
+        for i, name in enumerate(node.input):
+            if not name:
+                feeds.append(None)
+            elif i in data_inputs:
+                feeds.append(self.full(name) if name not in self.g.inits else
+                             np.full(self.shape(name), -1, dtype=np.int64))
+            else:
+                c = self.const(name)
+                if c is None:
+                    raise _NotConst(name)
+                feeds.append(c)
+        return run_node(node, feeds, self.g.opset)
+
+    def attr(self, node: NodeProto, name: str, default):
+        return attr(node, name, default)
+
+
+class _NotConst(Exception):
+    pass
+
+
+NotConst = _NotConst

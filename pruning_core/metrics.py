@@ -1,0 +1,90 @@
+"""Model figures: parameters, MACs (multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul,
+the thop/fvcore convention), onnxruntime latency, output fidelity.
+
+``node_macs`` takes a shape function so the same MAC model serves a concrete model (shapes from
+shape inference) and selection (shapes after a candidate set of channels is removed)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+from onnx import ModelProto, NodeProto
+
+from pruning_core.graph import Graph, attr
+
+ShapeFn = Callable[[str], tuple[int, ...]]
+
+
+def node_macs(node: NodeProto, shape: ShapeFn) -> int:
+    op = node.op_type
+    try:
+        if op == "Conv":
+            return int(np.prod(shape(node.output[0]))) * int(np.prod(shape(node.input[1])[1:]))
+        if op == "ConvTranspose":
+            return int(np.prod(shape(node.input[0]))) * int(np.prod(shape(node.input[1])[1:]))
+        if op == "Gemm":
+            a = shape(node.input[0])
+            k = a[0] if attr(node, "transA", 0) else a[1]
+            return int(np.prod(shape(node.output[0]))) * int(k)
+        if op == "MatMul":
+            a = shape(node.input[0])
+            return int(np.prod(shape(node.output[0]))) * int(a[-1])
+    except KeyError:
+        return 0
+    return 0
+
+
+def is_weight(g: Graph, name: str, arr: np.ndarray) -> bool:
+    """Parameters are the model's own float initializers (not folded shape constants)."""
+    return name in g.original_inits and arr.dtype.kind == "f"
+
+
+def count_params(g: Graph) -> int:
+    return int(sum(a.size for n, a in g.inits.items() if is_weight(g, n, a)))
+
+
+def count_macs(g: Graph) -> int:
+    return int(sum(node_macs(n, g.shape) for n in g.nodes))
+
+
+def session(model: ModelProto | str, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    src = model.SerializeToString() if isinstance(model, ModelProto) else model
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def run(model: ModelProto | str, inputs: dict[str, np.ndarray], threads: int = 1) -> list[np.ndarray]:
+    return session(model, threads).run(None, inputs)
+
+
+def latency_ms(model: ModelProto | str, inputs: dict[str, np.ndarray], runs: int = 20, warmup: int = 3,
+               threads: int = 1) -> float:
+    """Median wall time of ``runs`` onnxruntime runs at a fixed thread count."""
+    sess = session(model, threads)
+    for _ in range(warmup):
+        sess.run(None, inputs)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, inputs)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(statistics.median(times))
+
+
+def fidelity(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, float]:
+    """Cosine similarity and relative max error of outputs against the original's."""
+    cos, rel = [], []
+    for a, b in zip(ref, out, strict=True):
+        a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+        denom = np.linalg.norm(a64) * np.linalg.norm(b64)
+        cos.append(float(a64 @ b64 / denom) if denom > 0 else 1.0)
+        rel.append(float(np.abs(a64 - b64).max() / max(1.0, np.abs(a64).max())) if a64.size else 0.0)
+    return {"cosine": min(cos) if cos else 1.0, "max_rel_error": max(rel) if rel else 0.0}

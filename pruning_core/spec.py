@@ -1,0 +1,112 @@
+"""PruneSpec: the pruning request, shared by the CLI, the API and the worker.
+
+Pure pydantic: importable by the API process (no torch, no onnx).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Fraction = float
+
+
+class Target(BaseModel):
+    """Exactly one of flops / params / channels: the fraction to REMOVE, in (0, 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flops: Fraction | None = None
+    params: Fraction | None = None
+    channels: Fraction | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Target:
+        given = {k: v for k, v in self.model_dump().items() if v is not None}
+        if len(given) != 1:
+            raise ValueError("target needs exactly one of 'flops', 'params', 'channels'")
+        (kind, value), = given.items()
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"target {kind}={value} must be a fraction to remove, strictly between 0 and 1")
+        return self
+
+    @property
+    def kind(self) -> Literal["flops", "params", "channels"]:
+        for k in ("flops", "params", "channels"):
+            if getattr(self, k) is not None:
+                return k  # type: ignore[return-value]
+        raise AssertionError("validated target has no kind")
+
+    @property
+    def value(self) -> float:
+        return float(getattr(self, self.kind))
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str | None = None
+    samples: int = Field(128, ge=1, le=100_000)
+    batch_size: int = Field(16, ge=1, le=4096)
+
+
+class Recover(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["distill"] = "distill"
+    steps: int = Field(500, ge=1, le=1_000_000)
+    lr: float = Field(1e-4, gt=0.0, le=10.0)
+    batch_size: int = Field(32, ge=1, le=4096)
+
+
+class AutoBotOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(0.5, gt=0.0, le=100.0)
+    beta: float = Field(6.0, ge=0.0)
+    gamma: float = Field(0.2, ge=0.0)
+    steps: int = Field(200, ge=1, le=1_000_000)
+    batch_size: int = Field(64, ge=1, le=4096)
+
+
+class PruneSpec(BaseModel):
+    """What to prune and how. See ../shared/ARCHITECTURE.md, section Spec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: Target = Field(default_factory=lambda: Target(channels=0.3))
+    criterion: str = "l1"
+    scope: Literal["global", "local"] = "global"
+    group_reduction: Literal["mean", "sum", "max"] = "mean"
+    normalizer: Literal["mean", "max", "sum", "none"] = "mean"
+    round_to: int = Field(1, ge=1, le=4096)
+    max_group_ratio: float = Field(0.9, gt=0.0, lt=1.0)
+    ignore: list[str] = Field(default_factory=list)
+    attention_heads: Literal["auto", "heads", "dims"] = "auto"
+    approximate: bool = False  # also prune groups whose removal changes normalization statistics
+    input_shapes: dict[str, list[int]] = Field(default_factory=dict)
+    calibration: Calibration = Field(default_factory=Calibration)
+    recover: Recover | None = None
+    autobot: AutoBotOptions = Field(default_factory=AutoBotOptions)
+    outputs: list[Literal["onnx", "pt2", "plan"]] = Field(default_factory=lambda: ["onnx"])
+    device: Literal["cpu", "cuda"] | None = None
+    verify: bool = True
+    seed: int = 0
+
+    @field_validator("criterion")
+    @classmethod
+    def _known_criterion(cls, v: str) -> str:
+        from pruning_core.importance.names import CRITERIA
+
+        if v not in CRITERIA:
+            raise ValueError(f"unknown criterion {v!r}; known: {', '.join(sorted(CRITERIA))}")
+        return v
+
+    @field_validator("input_shapes")
+    @classmethod
+    def _positive_dims(cls, v: dict[str, list[int]]) -> dict[str, list[int]]:
+        for name, dims in v.items():
+            if not dims or any(int(d) <= 0 for d in dims):
+                raise ValueError(f"input_shapes[{name!r}] must be a list of positive ints, got {dims}")
+        return v

@@ -1,0 +1,107 @@
+"""Surgery: remove channels physically. Slice every initializer place, then let each op rule
+rewrite its attributes and shape constants (``OpRule.rewrite``); finally re-infer shapes and check
+them against the shapes the analysis predicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, ModelProto, NodeProto, numpy_helper
+
+from pruning_core.graph import attr
+from pruning_core.groups import Analysis
+from pruning_core.ops import RULES
+
+
+class SurgeryError(RuntimeError):
+    """Surgery produced an inconsistent model: a bug, never the user's fault."""
+
+
+class SurgeryCtx:
+    def __init__(self, an: Analysis, removed: np.ndarray, model: ModelProto) -> None:
+        self.an, self.removed, self.model = an, removed, model
+        self.g = an.graph
+        self._inits = {t.name: t for t in model.graph.initializer}
+
+    def old_shape(self, name: str) -> tuple[int, ...]:
+        return self.g.shape(name)
+
+    def new_shape(self, name: str) -> tuple[int, ...]:
+        return self.an.shape_after(name, self.removed)
+
+    def kept_positions(self, name: str, axis: int) -> np.ndarray:
+        return self.an.kept_positions(name, axis, self.removed)
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.g.inits.get(name) if name else None
+
+    def is_param_like(self, name: str) -> bool:
+        return name in self.g.inits or name in self.an.views
+
+    def attr(self, node: NodeProto, name: str, default):
+        return attr(node, name, default)
+
+    def set_attr(self, node: NodeProto, new: AttributeProto) -> None:
+        for a in node.attribute:
+            if a.name == new.name:
+                a.CopyFrom(new)
+                return
+        node.attribute.append(new)
+
+    def set_const_input(self, node: NodeProto, index: int, value: np.ndarray) -> None:
+        """Point input ``index`` of ``node`` at a constant holding ``value`` (a private copy when
+        the old constant is shared with other nodes)."""
+        old = node.input[index]
+        value = np.asarray(value, dtype=self.g.inits[old].dtype if old in self.g.inits else np.int64)
+        users = self.g.consumers.get(old, [])
+        if len(users) <= 1 and old in self._inits:
+            self._inits[old].CopyFrom(numpy_helper.from_array(value, old))
+            return
+        name = f"{old}__{node.name}"
+        t = numpy_helper.from_array(value, name)
+        self.model.graph.initializer.append(t)
+        self._inits[name] = self.model.graph.initializer[-1]
+        node.input[index] = name
+
+    set_shape_input = set_const_input
+
+
+def apply(an: Analysis, removed: np.ndarray) -> ModelProto:
+    """A new model with the channels ``removed[cid]`` cut out."""
+    g = an.graph
+    m = ModelProto()
+    m.CopyFrom(g.model)
+    removed = np.asarray(removed, dtype=bool)
+    by_name = {t.name: t for t in m.graph.initializer}
+    for init, owners in an.param_owner.items():
+        arr = g.inits[init]
+        for ax, owner in owners:
+            keep = np.nonzero((owner < 0) | ~removed[np.maximum(owner, 0)])[0]
+            if len(keep) != arr.shape[ax]:
+                arr = np.take(arr, keep, axis=ax)
+        if arr.shape != g.inits[init].shape:
+            by_name[init].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), init))
+    sx = SurgeryCtx(an, removed, m)
+    for node in m.graph.node:
+        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is not None and rule.rewrite is not None:
+            rule.rewrite(sx, node)
+    del m.graph.value_info[:]
+    try:
+        m = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as e:
+        raise SurgeryError(f"pruned model fails shape inference: {e}") from None
+    _check_shapes(an, removed, m)
+    return m
+
+
+def _check_shapes(an: Analysis, removed: np.ndarray, m: ModelProto) -> None:
+    inferred = {}
+    for vi in list(m.graph.value_info) + list(m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        inferred[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+    for name in an.act_owner:
+        if name in inferred:
+            want = an.shape_after(name, removed)
+            if inferred[name] != want and -1 not in inferred[name]:
+                raise SurgeryError(f"tensor {name!r}: inferred shape {inferred[name]} != expected {want}")

@@ -1,0 +1,65 @@
+"""`spa prune` / `spa analyze`: tables, exit codes, nothing written on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from client.cli import main
+
+
+def test_prune_writes_model_and_report(mixnet_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out, rep = tmp_path / "out.onnx", tmp_path / "r.json"
+    assert main(["prune", str(mixnet_onnx), "-o", str(out), "--flops", "0.5", "--report", str(rep)]) == 0
+    assert out.is_file()
+    report = json.loads(rep.read_text())
+    for key in ("params", "macs", "groups_summary", "verify", "groups"):
+        assert key in report
+    assert report["verify"]["passed"]
+    assert "MACs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--flops", "1.5"], "between 0 and 1"),
+    (["--criterion", "nope"], "unknown criterion"),
+    (["--input-shape", "nope=1,3,16,16"], "unknown input"),
+    (["--input-shape", "x=1,a"], "positive dims"),
+])
+def test_bad_arguments_exit_2(mixnet_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                              args: list[str], msg: str) -> None:
+    out = tmp_path / "o.onnx"
+    with pytest.raises(SystemExit) as e:
+        code = main(["prune", str(mixnet_onnx), "-o", str(out), *args])
+        raise SystemExit(code)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"plain text", None])
+def test_bad_model_files_exit_2(tmp_path: Path, mixnet_onnx: Path, capsys: pytest.CaptureFixture,
+                                content: bytes | None) -> None:
+    src = tmp_path / "m.onnx"
+    if content is None:  # truncated
+        data = mixnet_onnx.read_bytes()
+        src.write_bytes(data[: len(data) // 2])
+    else:
+        src.write_bytes(content)
+    out = tmp_path / "o.onnx"
+    assert main(["prune", str(src), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spa: error:") and "Traceback" not in err
+    assert not out.exists()
+    assert main(["prune", str(tmp_path / "missing.onnx"), "-o", str(out)]) == 2
+
+
+def test_analyze_lists_groups(mixnet_onnx: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["analyze", str(mixnet_onnx)]) == 0
+    out = capsys.readouterr().out
+    assert "prunable" in out and "graph output" in out
+    assert main(["analyze", str(mixnet_onnx), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["groups_total"] == len(data["groups"]) and data["groups_prunable"] >= 5
