@@ -24,14 +24,14 @@ from pruning_core import metrics, surgery
 from pruning_core.errors import ModelLoadError, PruneError
 from pruning_core.groups import Analysis
 from pruning_core.groups import analyze as analyze_graph
-from pruning_core.importance import ScoreContext, score
+from pruning_core.importance import CRITERIA, ScoreContext, score
 from pruning_core.selection import candidates, select
 from pruning_core.spec import PruneSpec
 from pruning_core.verify import verify
 
 Progress = Callable[[str, float, str | None], None]
 
-STAGES = ["load", "analyze", "score", "select", "surgery", "verify", "measure", "save"]
+STAGES = ["load", "analyze", "score", "select", "surgery", "verify", "compensate", "measure", "save"]
 
 
 class VerificationError(PruneError):
@@ -127,6 +127,13 @@ def prune(model: str | os.PathLike[str], spec: PruneSpec | dict[str, Any], out_d
             raise VerificationError(f"pruned model differs from the masked original by {verify_rep['max_error']:.3g} "
                                     f"(tolerance {verify_rep['tolerance']:.3g})")
         done("verify")
+
+    crit = CRITERIA[spec.criterion]
+    if crit.compensate is not None:
+        stage("compensate", 0.0, f"{spec.criterion} weight compensation")
+        pruned = crit.compensate(ctx, removed, pruned)
+        onnx.checker.check_model(pruned, full_check=True)
+        done("compensate")
 
     stage("measure", 0.0, "params, MACs, latency")
     figures = _measure(g, an, removed, pruned, inputs)

@@ -14,6 +14,8 @@ from pruning_core.errors import SpecError
 from pruning_core.groups import Analysis, Group
 
 PlaceScores = Callable[["ScoreContext", Group], np.ndarray]
+# (ctx, removed[cid], pruned model) -> compensated model: closed-form refit of consumer weights
+Compensate = Callable[["ScoreContext", np.ndarray, Any], Any]
 
 
 @dataclass
@@ -37,17 +39,20 @@ class Criterion:
     doc: str = ""
     # whole-model criteria (one pass for all groups) set prepare: called once before fn
     prepare: Callable[[ScoreContext], None] | None = None
+    # runs after surgery and verification (verification checks the uncompensated surgery)
+    compensate: Compensate | None = None
 
 
 CRITERIA: dict[str, Criterion] = {}
 
 
 def register(name: str, *, needs_data: bool = False, doc: str = "",
-             prepare: Callable[[ScoreContext], None] | None = None) -> Callable[[PlaceScores], PlaceScores]:
+             prepare: Callable[[ScoreContext], None] | None = None,
+             compensate: Compensate | None = None) -> Callable[[PlaceScores], PlaceScores]:
     def deco(fn: PlaceScores) -> PlaceScores:
         if name in CRITERIA:
             raise ValueError(f"criterion {name} registered twice")
-        CRITERIA[name] = Criterion(name, fn, needs_data, doc, prepare)
+        CRITERIA[name] = Criterion(name, fn, needs_data, doc, prepare, compensate)
         return fn
 
     return deco
