@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from onnx import ModelProto, helper
 from pruning_core import data as data_mod
 from pruning_core import graph as graph_mod
 from pruning_core import metrics, surgery
-from pruning_core.errors import ModelLoadError, PruneError
+from pruning_core.errors import PruneError
+from pruning_core.frontends import open_model
 from pruning_core.groups import Analysis
 from pruning_core.groups import analyze as analyze_graph
 from pruning_core.importance import CRITERIA, ScoreContext, score
@@ -54,19 +56,14 @@ def _io(g: graph_mod.Graph, names: list[str]) -> list[dict]:
             for n in names]
 
 
-def _model_path(model: str | os.PathLike[str]) -> Path:
-    p = Path(model)
-    if p.suffix in (".pt2", ".pt", ".pth"):
-        raise ModelLoadError("PyTorch (.pt2) models are not supported yet: export to ONNX first")
-    return p
-
-
 def analyze(model: str | os.PathLike[str], input_shapes: dict[str, list[int]] | None = None,
             attention_heads: str = "auto", approximate: bool = False) -> dict[str, Any]:
     """Summary of a model: params, MACs, inputs, outputs and its dependency groups."""
-    g = graph_mod.load(_model_path(model), input_shapes)
+    with tempfile.TemporaryDirectory(prefix="spa-") as tmp:
+        src = open_model(model, Path(tmp))
+        g = graph_mod.load(src.path, input_shapes)
     an = analyze_graph(g, attention_heads, approximate)
-    return {"params": metrics.count_params(g), "macs": metrics.count_macs(g),
+    return {"kind": src.kind, "params": metrics.count_params(g), "macs": metrics.count_macs(g),
             "inputs": _io(g, g.inputs), "outputs": _io(g, g.outputs), "opset": g.opset,
             "nodes": len(g.model.graph.node), **an.summary(),
             "groups": [grp.to_dict() for grp in an.groups]}
@@ -75,7 +72,12 @@ def analyze(model: str | os.PathLike[str], input_shapes: dict[str, list[int]] | 
 def prune(model: str | os.PathLike[str], spec: PruneSpec | dict[str, Any], out_dir: str | os.PathLike[str],
           *, data: str | os.PathLike[str] | None = None, progress: Progress | None = None) -> PruneResult:
     spec = spec if isinstance(spec, PruneSpec) else PruneSpec.model_validate(spec)
-    out = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="spa-") as tmp:
+        return _prune(model, spec, Path(out_dir), Path(tmp), data, progress)
+
+
+def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
+           data: str | os.PathLike[str] | None, progress: Progress | None) -> PruneResult:
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
 
@@ -89,7 +91,8 @@ def prune(model: str | os.PathLike[str], spec: PruneSpec | dict[str, Any], out_d
         timings[name] = round(time.perf_counter() - clock[0], 4)
 
     stage("load", 0.0, f"loading {Path(model).name}")
-    g = graph_mod.load(_model_path(model), spec.input_shapes)
+    src = open_model(model, tmp)
+    g = graph_mod.load(src.path, spec.input_shapes)
     done("load")
 
     stage("analyze", 0.0, f"{len(g.model.graph.node)} nodes")
@@ -143,7 +146,11 @@ def prune(model: str | os.PathLike[str], spec: PruneSpec | dict[str, Any], out_d
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "pruned.onnx"
     _save(pruned, onnx_path)
+    artifacts = {"pruned.onnx": onnx_path}
+    if src.artifacts is not None:
+        artifacts.update(src.artifacts(an, removed, pruned, out, spec))
     report = _report(g, an, removed, scores, spec, figures, verify_rep, timings)
+    report["source"] = {"kind": src.kind, "name": Path(src.original).name}
     rep_path = out / "report.json"
     rep_path.write_text(json.dumps(report, indent=1))
     done("save")
@@ -152,7 +159,8 @@ def prune(model: str | os.PathLike[str], spec: PruneSpec | dict[str, Any], out_d
                                        "latency_ms_before", "latency_ms_after")}
     summary["verify_max_error"] = verify_rep.get("max_error")
     summary["channels_removed"] = int(removed.sum())
-    return PruneResult({"pruned.onnx": onnx_path, "report.json": rep_path}, report, summary, pruned)
+    artifacts["report.json"] = rep_path
+    return PruneResult(artifacts, report, summary, pruned)
 
 
 def _exact_only(an: Analysis, removed: np.ndarray) -> np.ndarray:

@@ -15,6 +15,10 @@ model arrives as ONNX, so instead of converting it back to framework code we int
 - ``set_gates({tensor_name: gate})`` multiplies a named tensor by ``gate`` (broadcast) whenever it
   is produced -- trainable channel gates and 0/1 masks -- or applies ``gate`` if it is a callable.
 
+The twin always computes the graph's own (inference) semantics: BatchNormalization uses its running
+statistics and Dropout passes values through, whatever ``.train()`` / ``.eval()`` says -- gradient
+criteria and gate training must see the function the ONNX model computes.
+
 Shapes are computed at run time (Shape/Gather/Concat chains execute like any op), so dynamic axes
 such as the batch size stay dynamic. Unsupported ops are reported when the twin is built.
 The op implementations live in :mod:`pruning_core.twin_ops`.

@@ -151,10 +151,31 @@ def _kept_count(owner: np.ndarray, removed: np.ndarray) -> int:
 def propagate(g: Graph, attention_heads: str = "auto") -> LabelCtx:
     ctx = LabelCtx(g, attention_heads=attention_heads)
     for node in g.model.graph.node:
+        ctx.current = node.name
         _apply(ctx, node)
     for out in g.outputs:
         ctx.block(ctx.lab(out), f"reaches graph output {out!r}")
+    _block_unaccounted_param_uses(ctx)
     return ctx
+
+
+def _block_unaccounted_param_uses(ctx: LabelCtx) -> None:
+    """A parameter that will be sliced must be sliced knowingly by every node that reads it
+    (directly or through a view); any other reader would see a shape it does not expect."""
+    g = ctx.g
+    sliced: dict[str, list[np.ndarray]] = {}
+    for (init, _ax), v in ctx.pvars.items():
+        sliced.setdefault(init, []).append(v)
+    readers: dict[str, list[str]] = {init: [init] for init in sliced}
+    for view, (init, _) in ctx.views.items():
+        if init in readers:
+            readers[init].append(view)
+    for init, names in readers.items():
+        for name in names:
+            for node, _ in g.consumers.get(name, []):
+                if (node.name, name) not in ctx.param_uses:
+                    for v in sliced[init]:
+                        ctx.block(v, f"parameter {init!r} is also read by {node.op_type} {node.name!r}")
 
 
 def _apply(ctx: LabelCtx, node: NodeProto) -> None:

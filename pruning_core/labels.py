@@ -89,6 +89,8 @@ class LabelCtx:
     blocks: list[Mark] = field(default_factory=list)
     approx: list[Mark] = field(default_factory=list)
     consumer_inputs: list[tuple[str, int, str]] = field(default_factory=list)  # node, input idx, tensor
+    current: str = ""                                       # node whose rule runs now
+    param_uses: set[tuple[str, str]] = field(default_factory=set)  # (node, tensor) sliced knowingly
 
     # ---------------------------------------------------------------- tensors
 
@@ -131,6 +133,13 @@ class LabelCtx:
 
     # ---------------------------------------------------------------- params
 
+    def add_view(self, node: NodeProto, amap: tuple[int | None, ...] | None = None) -> None:
+        """``node.output[0]`` is its parameter input seen through a permutation / unit axes."""
+        v = self.view(node.input[0])
+        if v is not None:
+            self.views[node.output[0]] = (v[0], tuple(v[1]) if amap is None else amap)
+            self.param_uses.add((self.current, node.input[0]))
+
     def view(self, name: str) -> tuple[str, tuple[int | None, ...]] | None:
         """A parameter seen through Transpose / Unsqueeze / Reshape-by-ones: (init, axis map)."""
         if name in self.views:
@@ -145,6 +154,7 @@ class LabelCtx:
         if v is None:
             return None
         init, amap = v
+        self.param_uses.add((self.current, name))
         axis = axis % len(amap)
         src = amap[axis]
         if src is None:

@@ -48,6 +48,18 @@ class SurgeryCtx:
                 return
         node.attribute.append(new)
 
+    def drop_attr(self, node: NodeProto, name: str) -> None:
+        keep = [a for a in node.attribute if a.name != name]
+        del node.attribute[:]
+        node.attribute.extend(keep)
+
+    def add_const_input(self, node: NodeProto, index: int, value: np.ndarray, name: str) -> None:
+        """Give ``node`` a new constant input at ``index`` (optional inputs filled with '')."""
+        self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        while len(node.input) <= index:
+            node.input.append("")
+        node.input[index] = name
+
     def set_const_input(self, node: NodeProto, index: int, value: np.ndarray) -> None:
         """Point input ``index`` of ``node`` at a constant holding ``value`` (a private copy when
         the old constant is shared with other nodes)."""

@@ -524,7 +524,8 @@ def _max_pool(a: Attrs, ins: list[Tensor | None]) -> OpResult:
     n = len(kernel)
     strides = a.get("strides", [1] * n)
     dil = a.get("dilations", [1] * n)
-    pads = _spatial_pads(a, list(x.shape[2:]), kernel, strides, dil)
+    # onnxruntime sizes SAME pooling pads with the undilated kernel (unlike Conv); follow it.
+    pads = _spatial_pads(a, list(x.shape[2:]), kernel, strides, [1] * n)
     ceil_mode = bool(a.get("ceil_mode", 0))
     native = all(
         p0 == p1 and p0 <= ((k - 1) * d + 1) // 2 for (p0, p1), k, d in zip(pads, kernel, dil, strict=False)

@@ -1,0 +1,70 @@
+"""Frontends: whatever the user uploads -> the ONNX file the core prunes, and back.
+
+``open_model(path, workdir)`` returns a ``Source``: the ONNX path to prune plus a hook that writes
+frontend-specific artifacts (``pruned.pt2``, ``plan.json`` for PyTorch) after pruning. ONNX files
+pass through; ``.zip`` archives (model + external data) are extracted with path checks; PyTorch
+programs (``.pt2``) are converted by ``frontends.pytorch``."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pruning_core.errors import ModelLoadError
+
+PYTORCH_SUFFIXES = (".pt2", ".pt", ".pth", ".ts")
+MAX_ZIP_MEMBERS = 10_000
+
+# (analysis, removed[cid], pruned ModelProto, out_dir, spec) -> {artifact name: path}
+ArtifactHook = Callable[[Any, Any, Any, Path, Any], dict[str, Path]]
+
+
+@dataclass
+class Source:
+    path: Path                    # the ONNX file the core prunes
+    kind: str                     # "onnx" | "pytorch"
+    original: Path                # what the user gave
+    artifacts: ArtifactHook | None = None
+
+
+def open_model(path: str | os.PathLike[str], workdir: Path) -> Source:
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model file not found: {p}")
+    if p.suffix.lower() in PYTORCH_SUFFIXES:
+        try:
+            from pruning_core.frontends import pytorch
+        except ImportError as e:  # the module is optional until the PyTorch frontend lands
+            raise ModelLoadError(f"PyTorch models are not supported here ({e})") from None
+        return pytorch.open_pt2(p, workdir)
+    if p.suffix.lower() == ".zip" or zipfile.is_zipfile(p) and p.suffix.lower() != ".onnx":
+        return Source(extract_zip(p, workdir / "model"), "onnx", p)
+    return Source(p, "onnx", p)
+
+
+def extract_zip(path: Path, dest: Path) -> Path:
+    """Extract an uploaded archive safely; returns the one .onnx inside it."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ModelLoadError(f"{path.name} is not a valid zip archive") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_ZIP_MEMBERS:
+            raise ModelLoadError(f"{path.name} has too many members ({len(infos)})")
+        for info in infos:
+            name = PurePosixPath(info.filename.replace("\\", "/"))
+            if name.is_absolute() or ".." in name.parts or (name.parts and ":" in name.parts[0]):
+                raise ModelLoadError(f"zip member {info.filename!r} has an unsafe path")
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise ModelLoadError(f"zip member {info.filename!r} is a symbolic link")
+        dest.mkdir(parents=True, exist_ok=True)
+        zf.extractall(dest)
+    models = sorted(dest.rglob("*.onnx"))
+    if len(models) != 1:
+        raise ModelLoadError(f"{path.name} must hold exactly one .onnx file, found {len(models)}")
+    return models[0]

@@ -20,9 +20,15 @@ NARY = ["Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Sum", "Mean",
         "BitwiseOr"]
 
 
+PASS_VIEW = {"Identity", "Cast", "Dropout"}
+
+
 @rule(*UNARY, *NARY)
 def elementwise(ctx: LabelCtx, node: NodeProto) -> None:
     out = node.output[0]
+    if node.op_type in PASS_VIEW and ctx.is_param(node.input[0]):
+        ctx.add_view(node)  # a weight reused through Identity (torchscript exports of shared layers)
+        return
     rank = ctx.rank(out)
     acts = [pad_rank(ctx.lab(n), rank) for n in node.input if n and not ctx.is_param(n) and ctx.has_labels(n)]
     if not acts:

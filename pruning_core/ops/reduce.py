@@ -10,6 +10,9 @@ from onnx import NodeProto
 from pruning_core.labels import LabelCtx
 from pruning_core.ops.registry import rule
 
+# Averaging-like reductions over channels change statistics (RMSNorm, GRN): approximate, like
+# LayerNorm. Selecting reductions (max / min / argmax) and softmax cannot lose channels at all.
+APPROX_REDUCE = {"ReduceMean", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare"}
 REDUCE = ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
           "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"]
 
@@ -30,7 +33,11 @@ def _reduced(ctx: LabelCtx, node: NodeProto, axes: list[int], keepdims: bool, wh
     x = node.input[0]
     lab = ctx.lab(x)
     if any(lab.shape[ax] > 1 for ax in axes):
-        ctx.block(lab, f"{what} over the channel axis at {node.op_type} {node.name!r}")
+        if node.op_type in APPROX_REDUCE:
+            ctx.mark_approx(lab, f"{node.op_type} {node.name!r} averages over the channel axis")
+            ctx.consumer(node, 0)
+        else:
+            ctx.block(lab, f"{what} over the channel axis at {node.op_type} {node.name!r}")
         lab = np.full_like(lab, -1)
     out = lab
     for ax in sorted(axes, reverse=True):

@@ -36,8 +36,12 @@ def _rewrite_split(sx, node: NodeProto) -> None:
     new = [sx.new_shape(o)[axis] for o in node.output]
     if old == new:
         return
+    sizes = np.array(new, dtype=np.int64)
     if len(node.input) > 1 and node.input[1]:
-        sx.set_const_input(node, 1, np.array(new, dtype=np.int64))
+        sx.set_const_input(node, 1, sizes)
+    elif sx.g.opset >= 13:  # equal split (or num_outputs) becomes explicit sizes
+        sx.drop_attr(node, "num_outputs")
+        sx.add_const_input(node, 1, sizes, f"{node.name}__split")
     else:
         from onnx import helper
 
@@ -129,7 +133,7 @@ def _view(ctx: LabelCtx, node: NodeProto) -> bool:
             for (_, s), d in zip(src, dst, strict=True):
                 new[d] = s
     if new is not None:
-        ctx.views[node.output[0]] = (init, tuple(new))
+        ctx.add_view(node, tuple(new))
     return True
 
 
