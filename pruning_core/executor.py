@@ -135,6 +135,7 @@ def _opset(model: onnx.ModelProto) -> int:
 
 def unsupported_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
     """``{op type: [node names]}`` for every node the twin cannot run (empty when it can run all)."""
+    model = _prepare(model)
     opset = _opset(model)
     bad: dict[str, list[str]] = {}
     for i, node in enumerate(model.graph.node):
@@ -534,9 +535,10 @@ class OnnxTwin(nn.Module):
         )
 
 
-def _same_device(ins: list[Tensor | None]) -> list[Tensor | None]:
-    devices = {t.device for t in ins if t is not None}
+def _same_device(ins: list[Any]) -> list[Any]:
+    """Move CPU tensors (shape arithmetic) next to the accelerator tensors they meet."""
+    devices = {t.device for t in ins if isinstance(t, Tensor)}
     if len(devices) <= 1:
         return ins
     target = next(d for d in devices if d.type != "cpu")
-    return [t.to(target) if t is not None and t.device != target else t for t in ins]
+    return [t.to(target) if isinstance(t, Tensor) and t.device != target else t for t in ins]

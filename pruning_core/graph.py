@@ -142,15 +142,26 @@ def load(model: str | os.PathLike[str] | ModelProto, input_shapes: dict[str, lis
 
 
 def _refresh(g: Graph) -> None:
-    """Re-run shape inference and rebuild the shape / initializer tables."""
+    """Re-run shape inference and rebuild the shape / initializer tables.
+
+    Inference runs on a skeleton: large initializers become typed graph inputs, so the weights
+    are never serialized (twice the model's size in time and memory otherwise)."""
     m = g.model
     del m.graph.value_info[:]
+    skeleton_model = skeleton(m)
     try:
-        m2 = onnx.shape_inference.infer_shapes(m, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(skeleton_model, check_type=False, strict_mode=False,
+                                                     data_prop=True)
     except Exception as e:
         raise ModelLoadError(f"shape inference failed: {e}") from None
-    g.model = m = m2
-    g.inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    m.graph.value_info.extend(inferred.graph.value_info)
+    for out, inf in zip(m.graph.output, inferred.graph.output, strict=True):
+        if not out.type.tensor_type.HasField("shape") or not all(
+                d.HasField("dim_value") for d in out.type.tensor_type.shape.dim):
+            out.CopyFrom(inf)
+    known = g.inits
+    g.inits = {t.name: known[t.name] if t.name in known and known[t.name].shape == tuple(t.dims)
+               else to_array(t) for t in m.graph.initializer}
     g.shapes, g.dtypes = {}, {}
     for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
         tt = vi.type.tensor_type
@@ -160,9 +171,43 @@ def _refresh(g: Graph) -> None:
         g.dtypes[vi.name] = tt.elem_type
         if all(d >= 0 for d in dims):
             g.shapes[vi.name] = dims
-    for name, arr in g.inits.items():
-        g.shapes[name] = tuple(arr.shape)
+    for t in m.graph.initializer:
+        g.shapes[t.name] = tuple(t.dims)
+        g.dtypes[t.name] = t.data_type
     g.index()
+
+
+SKELETON_MAX = 1024  # initializers up to this size stay (shape constants must propagate)
+
+
+def skeleton(m: ModelProto) -> ModelProto:
+    sk = ModelProto()
+    sk.ir_version = m.ir_version
+    sk.opset_import.extend(m.opset_import)
+    graph = sk.graph
+    graph.name = m.graph.name
+    graph.node.extend(m.graph.node)
+    graph.input.extend(m.graph.input)
+    graph.output.extend(m.graph.output)
+    for t in m.graph.initializer:
+        if np.prod(t.dims, dtype=np.int64) <= SKELETON_MAX:
+            graph.initializer.append(t)
+        else:
+            graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return sk
+
+
+def to_array(t: TensorProto) -> np.ndarray:
+    """Initializer data as numpy; a zero-copy, read-only view of raw data where possible."""
+    if t.raw_data and t.data_type not in (TensorProto.STRING, TensorProto.BFLOAT16) and \
+            t.data_type in helper.get_all_tensor_dtypes() and t.data_location != TensorProto.EXTERNAL:
+        try:
+            dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+            if dtype.kind in "fiub" and dtype.itemsize in (1, 2, 4, 8):
+                return np.frombuffer(t.raw_data, dtype=dtype).reshape(tuple(t.dims))
+        except (TypeError, ValueError):
+            pass
+    return numpy_helper.to_array(t)
 
 
 def _name_nodes(m: ModelProto) -> None:

@@ -201,7 +201,7 @@ def analyze(g: Graph, attention_heads: str = "auto", approximate: bool = False) 
     ctx = propagate(g, attention_heads)
     uf = ctx.uf
     n_vars = len(uf.parent)
-    root = np.array([uf.find(i) for i in range(n_vars)], dtype=np.int64) if n_vars else np.zeros(0, np.int64)
+    root = uf.all_roots() if n_vars else np.zeros(0, np.int64)
 
     def roots(a: np.ndarray) -> np.ndarray:
         return np.where(a >= 0, root[np.maximum(a, 0)], -1)
@@ -265,15 +265,19 @@ def analyze(g: Graph, attention_heads: str = "auto", approximate: bool = False) 
     for sig, members in by_sig.items():
         first_prod = next(((i, a) for i, a, _ in sig if (i, a) in ctx.producers), (sig[0][0], sig[0][1]))
         pos = place_owner[first_prod]
-        members.sort(key=lambda r: int(np.argmax(pos == r)) if (pos == r).any() else 0)
+        first_at = {int(v): i for i, v in reversed(list(enumerate(pos.tolist())))}
+        members.sort(key=lambda r: first_at.get(r, 0))
         cids = np.arange(next_cid, next_cid + len(members))
         for r, c in zip(members, cids, strict=True):
             cid_of[r] = int(c)
         next_cid += len(members)
         places = []
+        member_arr = np.asarray(members, dtype=np.int64)
         for init, ax, k in sig:
             owner = place_owner[(init, ax)]
-            idx = np.stack([np.nonzero(owner == r)[0][:k] for r in members])
+            order = np.argsort(owner, kind="stable")  # positions grouped by channel, ascending
+            starts = np.searchsorted(owner[order], member_arr)
+            idx = order[starts[:, None] + np.arange(k)[None, :]]
             places.append(Place(init, ax, idx, (init, ax) in ctx.producers))
         removable = np.array([r not in blocked for r in members], dtype=bool)
         reasons = sorted({blocked[r] for r in members if r in blocked})

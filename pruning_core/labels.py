@@ -45,6 +45,15 @@ class UnionFind:
         self.parent[rb] = ra  # the smaller id stays root: deterministic channel order
         return ra
 
+    def all_roots(self) -> np.ndarray:
+        """Root of every variable, by pointer jumping (vectorized)."""
+        r = np.asarray(self.parent, dtype=np.int64)
+        while True:
+            nxt = r[r]
+            if np.array_equal(nxt, r):
+                return r
+            r = nxt
+
     def roots(self, arr: np.ndarray) -> np.ndarray:
         """Map var ids to their current roots (-1 stays -1)."""
         if arr.size == 0:

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, ModelProto, NodeProto, numpy_helper
 
-from pruning_core.graph import attr
+from pruning_core.graph import attr, skeleton
 from pruning_core.groups import Analysis
 from pruning_core.ops import RULES
 
@@ -99,11 +99,13 @@ def apply(an: Analysis, removed: np.ndarray) -> ModelProto:
         if rule is not None and rule.rewrite is not None:
             rule.rewrite(sx, node)
     del m.graph.value_info[:]
-    try:
-        m = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True)
+    try:  # on a skeleton: the weights are never serialized for inference
+        inferred = onnx.shape_inference.infer_shapes(skeleton(m), check_type=True, strict_mode=True,
+                                                     data_prop=True)
     except Exception as e:
         raise SurgeryError(f"pruned model fails shape inference: {e}") from None
-    _check_shapes(an, removed, m)
+    m.graph.value_info.extend(inferred.graph.value_info)
+    _check_shapes(an, removed, inferred)
     return m
 
 

@@ -1331,3 +1331,81 @@ def _grid_sample(a: Attrs, ins: list[Tensor | None]) -> Tensor:
     return F.grid_sample(
         x, grid.to(x.dtype), mode, a.get("padding_mode", "zeros"), bool(a.get("align_corners", 0))
     )
+
+
+@op("RMSNormalization")
+def _rms_norm(a: Attrs, ins: list[Tensor | None]) -> Tensor:
+    x, scale = ins[0], ins[1]
+    assert x is not None and scale is not None
+    axis = _axis(a.get("axis", -1), x.dim())
+    xs, dtype = _stash(x)
+    dims = tuple(range(axis, x.dim()))
+    y = xs * torch.rsqrt((xs * xs).mean(dim=dims, keepdim=True) + a.get("epsilon", 1e-5))
+    return (y * scale.to(xs.dtype)).to(dtype)
+
+
+# --------------------------------------------------------------------------- sequences
+# The TorchScript exporter emits these for Python lists of tensors. A sequence value is a Python
+# list of tensors; a sequence op returns it wrapped in a 1-tuple so the executor does not mistake
+# the list for several outputs.
+
+
+@op("SequenceConstruct")
+def _sequence_construct(a: Attrs, ins: list[Tensor | None]) -> OpResult:
+    return ([t for t in ins if t is not None],)  # type: ignore[return-value]
+
+
+@op("SequenceEmpty")
+def _sequence_empty(a: Attrs, ins: list[Tensor | None]) -> OpResult:
+    return ([],)  # type: ignore[return-value]
+
+
+@op("SequenceAt")
+def _sequence_at(a: Attrs, ins: list[Any]) -> Tensor:
+    seq, pos = ins[0], ins[1]
+    return seq[int(pos.reshape(-1)[0])]
+
+
+@op("SequenceLength")
+def _sequence_length(a: Attrs, ins: list[Any]) -> Tensor:
+    return torch.tensor(len(ins[0]), dtype=torch.int64)
+
+
+@op("SequenceInsert")
+def _sequence_insert(a: Attrs, ins: list[Any]) -> OpResult:
+    seq = list(ins[0])
+    pos = _given(ins, 2)
+    seq.insert(len(seq) if pos is None else int(pos.reshape(-1)[0]), ins[1])
+    return (seq,)  # type: ignore[return-value]
+
+
+@op("SequenceErase")
+def _sequence_erase(a: Attrs, ins: list[Any]) -> OpResult:
+    seq = list(ins[0])
+    pos = _given(ins, 1)
+    del seq[-1 if pos is None else int(pos.reshape(-1)[0])]
+    return (seq,)  # type: ignore[return-value]
+
+
+@op("SplitToSequence")
+def _split_to_sequence(a: Attrs, ins: list[Tensor | None]) -> OpResult:
+    x, split = ins[0], _given(ins, 1)
+    assert x is not None
+    axis = _axis(a.get("axis", 0), x.dim())
+    if split is None:
+        parts = list(torch.split(x, 1, dim=axis))
+        if not a.get("keepdims", 1):
+            parts = [p.squeeze(axis) for p in parts]
+    elif split.dim() == 0:
+        parts = list(torch.split(x, int(split), dim=axis))
+    else:
+        parts = list(torch.split(x, _ints(split) or [], dim=axis))
+    return (parts,)  # type: ignore[return-value]
+
+
+@op("ConcatFromSequence")
+def _concat_from_sequence(a: Attrs, ins: list[Any]) -> Tensor:
+    seq = ins[0]
+    if a.get("new_axis", 0):
+        return torch.stack(seq, dim=_axis(a["axis"], seq[0].dim() + 1))
+    return torch.cat(seq, dim=a["axis"])

@@ -5,5 +5,7 @@ from pruning_core.importance.registry import CRITERIA, Criterion, ScoreContext, 
 
 # Registration side effects: one module per criterion family.
 from pruning_core.importance import magnitude  # noqa: F401  isort: skip
+from pruning_core.importance import datafree  # noqa: F401  isort: skip
+from pruning_core.importance import obspa  # noqa: F401  isort: skip
 
 __all__ = ["CRITERIA", "Criterion", "ScoreContext", "register", "score"]
