@@ -28,6 +28,10 @@ class Batch:
     labels: np.ndarray | None = None
 
 
+def batch_size(b: Batch) -> int:
+    return len(next(iter(b.feeds.values()))) if b.feeds else 0
+
+
 def model_batch(g: Graph) -> int:
     """The batch size the normalized graph runs at (leading dim of its first input)."""
     for name in g.inputs:

@@ -1,7 +1,9 @@
 """Model inputs: data-free generation from the graph itself, and calibration data from .npz files.
 
-Data-free: Gaussian for float inputs, valid token ids for integer inputs that index an embedding
-table (bounded by its rows), ones for other integer inputs (attention masks); seeded."""
+Data-free: Gaussian for float inputs -- standard normal after the model's own input normalization
+where the graph shows one (``(x - mean) / std`` as Sub / Add / Mul / Div by constants right after
+the input) --, valid token ids for integer inputs that index an embedding table (bounded by its
+rows), ones for other integer inputs (attention masks); seeded."""
 
 from __future__ import annotations
 
@@ -33,6 +35,45 @@ def _index_bound(g: Graph, name: str) -> int | None:
     return bound
 
 
+def _input_affine(g: Graph, name: str, shape: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(a, b) with the model computing a * x + b from input ``name`` before anything else, when its
+    first ops are Sub / Add / Mul / Div by constants (input normalization); None otherwise."""
+    a, b = np.ones(1), np.zeros(1)
+    t, steps = name, 0
+    while True:
+        users = g.consumers.get(t, [])
+        if len(users) != 1:
+            break
+        node, i = users[0]
+        if node.op_type not in ("Sub", "Add", "Mul", "Div") or len(node.input) != 2:
+            break
+        c = g.inits.get(node.input[1 - i])
+        if c is None or c.dtype.kind != "f":
+            break
+        c = c.astype(np.float64)
+        op = node.op_type
+        if op == "Add":
+            b = b + c
+        elif op == "Sub":
+            a, b = (a, b - c) if i == 0 else (-a, c - b)
+        elif op == "Mul":
+            a, b = a * c, b * c
+        elif i == 0:  # Div(x, c)
+            a, b = a / c, b / c
+        else:
+            break
+        t, steps = node.output[0], steps + 1
+    if not steps:
+        return None
+    try:
+        a, b = np.broadcast_to(a, shape), np.broadcast_to(b, shape)
+    except ValueError:
+        return None
+    if not np.isfinite(a).all() or not np.isfinite(b).all() or (np.abs(a) < 1e-12).any():
+        return None
+    return a, b
+
+
 def synthetic_inputs(g: Graph, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
@@ -42,7 +83,11 @@ def synthetic_inputs(g: Graph, batch: int | None = None, seed: int = 0) -> dict[
             shape[0] = batch
         dtype = helper.tensor_dtype_to_np_dtype(g.dtypes.get(name, 1))
         if dtype.kind == "f":
-            feeds[name] = rng.standard_normal(shape).astype(dtype)
+            z = rng.standard_normal(shape)
+            affine = _input_affine(g, name, shape)
+            if affine is not None:  # N(0, 1) where the model's own normalization puts its inputs
+                z = (z - affine[1]) / affine[0]
+            feeds[name] = z.astype(dtype)
         elif dtype.kind in "iu":
             bound = _index_bound(g, name)
             feeds[name] = (rng.integers(0, bound, size=shape) if bound else np.ones(shape)).astype(dtype)

@@ -26,10 +26,10 @@ The op implementations live in :mod:`pruning_core.twin_ops`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from pruning_core.errors import DataError, UnsupportedOpError
+from pruning_core.errors import DataError, ModelLoadError, UnsupportedOpError
 from pruning_core.twin_ops import (
     CHECKS,
     OPS,
@@ -110,11 +110,11 @@ for _r in (
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-@dataclass
+@dataclasses.dataclass
 class _Step:
     """One node, resolved once at construction."""
 
-    fn: OpFn
+    fn: OpFn | None
     attrs: Attrs
     inputs: tuple[str, ...]  # "" for an absent optional input
     outputs: tuple[str, ...]
@@ -139,7 +139,7 @@ def unsupported_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
     opset = _opset(model)
     bad: dict[str, list[str]] = {}
     for i, node in enumerate(model.graph.node):
-        label = node.name or f"#{i}"
+        label = _label(node, i)
         if node.domain not in _DEFAULT_DOMAINS:
             bad.setdefault(f"{node.domain}::{node.op_type}", []).append(label)
             continue
@@ -159,6 +159,11 @@ def unsupported_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
             if reason:
                 bad.setdefault(f"{node.op_type} [{reason}]", []).append(label)
     return bad
+
+
+def _label(node: onnx.NodeProto, index: int) -> str:
+    """A node's name for messages; unnamed nodes are named by op type and graph position."""
+    return node.name or f"<unnamed {node.op_type} #{index}>"
 
 
 def _prepare(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -194,7 +199,7 @@ def _toposort(nodes: Sequence[onnx.NodeProto], available: set[str]) -> list[onnx
                 rest.append(node)
         if len(rest) == len(pending):
             missing = sorted({n for node in rest for n in node.input if n and n not in ready})
-            raise UnsupportedOpError(f"graph has a cycle or undefined inputs: {missing[:10]}")
+            raise ModelLoadError(f"graph has a cycle or undefined inputs: {missing[:10]}")
         pending = rest
     return ordered
 
@@ -256,7 +261,7 @@ class OnnxTwin(nn.Module):
         self._onnx_dtypes: dict[str, int] = {}
         for init in graph.initializer:
             if init.data_location == onnx.TensorProto.EXTERNAL and not init.raw_data:
-                raise UnsupportedOpError(
+                raise ModelLoadError(
                     f"initializer {init.name!r} has external data that was not loaded "
                     "(load the model with its external data first)"
                 )
@@ -274,14 +279,17 @@ class OnnxTwin(nn.Module):
         # .to(device) moves them while state_dict() keeps only the initializers.
         self._const_names: dict[str, str] = {}
         steps_nodes: list[onnx.NodeProto] = []
-        for i, node in enumerate(graph.node):
+        # One list of node objects, so that id() keys stay valid (protobuf may re-wrap on access).
+        nodes = list(graph.node)
+        labels = {id(node): _label(node, i) for i, node in enumerate(nodes)}
+        for node in nodes:
             if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS:
                 attrs = Attrs(
                     decode_attributes(node),
                     op_type="Constant",
                     opset=opset,
                     num_outputs=1,
-                    node_name=node.name or f"#{i}",
+                    node_name=labels[id(node)],
                 )
                 value = OPS["Constant"](attrs, [])
                 assert isinstance(value, Tensor)
@@ -294,13 +302,13 @@ class OnnxTwin(nn.Module):
         available = set(self.input_names) | init_names | set(self._const_names)
         ordered = _toposort(steps_nodes, available)
         self._steps: list[_Step] = []
-        for i, node in enumerate(ordered):
+        for node in ordered:
             attrs = Attrs(
                 decode_attributes(node),
                 op_type=node.op_type,
                 opset=opset,
                 num_outputs=len(node.output),
-                node_name=node.name or f"#{i}",
+                node_name=labels[id(node)],
             )
             self._steps.append(_Step(OPS[node.op_type], attrs, tuple(node.input), tuple(node.output)))
 
@@ -512,7 +520,7 @@ class OnnxTwin(nn.Module):
             if mixed:
                 ins = _same_device(ins)
             try:
-                result = step.fn(step.attrs, ins)
+                result = step.fn(step.attrs, ins)  # type: ignore[misc]
             except Exception as exc:  # name the node: a bare torch error is hard to place
                 exc.add_note(f"while running ONNX node {step.attrs.node_name!r} ({step.attrs.op_type})")
                 raise
@@ -526,6 +534,17 @@ class OnnxTwin(nn.Module):
                     env.pop(name, None)
         outputs = tuple(env[n] for n in self.output_names)
         return outputs, {n: env[n] for n in capture}
+
+    # Op functions include lambdas, which pickle cannot name: drop them and look them up again.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_steps"] = [dataclasses.replace(s, fn=None) for s in self._steps]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for step in self._steps:
+            step.fn = OPS[step.attrs.op_type]
 
     def extra_repr(self) -> str:
         n_params = sum(math.prod(p.shape) for p in self.parameters())

@@ -200,24 +200,31 @@ def _apply(ctx: LabelCtx, node: NodeProto) -> None:
 def analyze(g: Graph, attention_heads: str = "auto", approximate: bool = False) -> Analysis:
     ctx = propagate(g, attention_heads)
     uf = ctx.uf
-    n_vars = len(uf.parent)
+    n_vars = uf.size
     root = uf.all_roots() if n_vars else np.zeros(0, np.int64)
 
     def roots(a: np.ndarray) -> np.ndarray:
         return np.where(a >= 0, root[np.maximum(a, 0)], -1)
 
-    blocked: dict[int, str] = {}
-    for m in ctx.blocks:
-        for r in np.unique(root[m.vars]):
-            blocked.setdefault(int(r), m.reason)
-    approx: dict[int, str] = {}
-    for m in ctx.approx:
-        for r in np.unique(root[m.vars]):
-            approx.setdefault(int(r), m.reason)
+    reasons_list: list[str] = []
+    blocked_at = np.full(max(n_vars, 1), -1, dtype=np.int64)  # root -> index into reasons_list
 
-    channel_roots = set()
+    def mark(arr: np.ndarray, target: np.ndarray, reason: str) -> None:
+        r = np.unique(root[arr]) if arr.size else arr
+        r = r[target[r] < 0]  # the first reason recorded for a channel wins
+        if r.size:
+            reasons_list.append(reason)
+            target[r] = len(reasons_list) - 1
+
+    for m in ctx.blocks:
+        mark(m.vars, blocked_at, m.reason)
+    approx_at = np.full(max(n_vars, 1), -1, dtype=np.int64)
+    for m in ctx.approx:
+        mark(m.vars, approx_at, m.reason)
+
+    is_channel = np.zeros(max(n_vars, 1), dtype=bool)
     for key in ctx.producers:
-        channel_roots.update(int(r) for r in np.unique(root[ctx.pvars[key]]))
+        is_channel[root[ctx.pvars[key]]] = True
 
     # Activation tensors: every channel must own whole slices along one axis.
     act_axis: dict[str, tuple[int, np.ndarray]] = {}
@@ -230,39 +237,54 @@ def analyze(g: Graph, attention_heads: str = "auto", approximate: bool = False) 
         if not vals.size:
             continue
         if len(varying) == 0:
-            blocked.setdefault(int(vals[0]), f"channel fills the whole tensor {name!r}")
+            mark(vals[:1], blocked_at, f"channel fills the whole tensor {name!r}")
             continue
         if len(varying) > 1:
-            for v in vals:
-                blocked.setdefault(int(v), f"channels vary over several axes of tensor {name!r}")
+            mark(vals, blocked_at, f"channels vary over several axes of tensor {name!r}")
             continue
         ax = varying[0]
         rows = np.moveaxis(np.broadcast_to(r, r.shape), ax, 0).reshape(r.shape[ax], -1)
         owner = rows[:, 0].copy()
         mixed = ~(rows == rows[:, :1]).all(axis=1)
         if mixed.any():
-            for v in np.unique(rows[mixed]):
-                if v >= 0:
-                    blocked.setdefault(int(v), f"channels share positions in tensor {name!r}")
+            bad = np.unique(rows[mixed])
+            mark(bad[bad >= 0], blocked_at, f"channels share positions in tensor {name!r}")
             owner[mixed] = -2  # positions that cannot move
         act_axis[name] = (ax, owner)
 
-    # Group channels by the parameter places they touch.
+    # Group channels by the parameter places they touch: (place, count) sequences per root.
     place_owner: dict[tuple[str, int], np.ndarray] = {k: root[v] for k, v in ctx.pvars.items()}
-    signature: dict[int, list[tuple[str, int, int]]] = {}
-    for (init, ax), owner in sorted(place_owner.items()):
-        vals, counts = np.unique(owner, return_counts=True)
-        for v, c in zip(vals, counts, strict=True):
-            if int(v) in channel_roots:
-                signature.setdefault(int(v), []).append((init, ax, int(c)))
-    by_sig: dict[tuple, list[int]] = {}
-    for r in sorted(channel_roots):
-        by_sig.setdefault(tuple(signature.get(r, ())), []).append(r)
+    place_keys = sorted(place_owner)
+    rows_r, rows_p, rows_c = [], [], []
+    for i, key in enumerate(place_keys):
+        vals, counts = np.unique(place_owner[key], return_counts=True)
+        keep = is_channel[vals]
+        rows_r.append(vals[keep])
+        rows_p.append(np.full(int(keep.sum()), i, dtype=np.int64))
+        rows_c.append(counts[keep])
+    rr = np.concatenate(rows_r) if rows_r else np.zeros(0, np.int64)
+    pp = np.concatenate(rows_p) if rows_p else np.zeros(0, np.int64)
+    cc = np.concatenate(rows_c) if rows_c else np.zeros(0, np.int64)
+    order = np.lexsort((pp, rr))
+    rr, pp, cc = rr[order], pp[order], cc[order]
+    bounds = np.flatnonzero(np.diff(rr)) + 1
+    starts = np.concatenate([[0], bounds]) if rr.size else np.zeros(0, np.int64)
+    ends = np.concatenate([bounds, [rr.size]]) if rr.size else np.zeros(0, np.int64)
+    pc = np.stack([pp, cc], axis=1) if rr.size else np.zeros((0, 2), np.int64)
+    by_sig: dict[bytes, list[int]] = {}
+    sig_of: dict[bytes, tuple] = {}
+    for st, en in zip(starts.tolist(), ends.tolist(), strict=True):
+        k = pc[st:en].tobytes()
+        if k not in by_sig:
+            by_sig[k] = []
+            sig_of[k] = tuple((*place_keys[p], int(c)) for p, c in pc[st:en].tolist())
+        by_sig[k].append(int(rr[st]))
 
     groups: list[Group] = []
     cid_of: dict[int, int] = {}
     next_cid = 0
-    for sig, members in by_sig.items():
+    for skey, members in by_sig.items():
+        sig = sig_of[skey]
         first_prod = next(((i, a) for i, a, _ in sig if (i, a) in ctx.producers), (sig[0][0], sig[0][1]))
         pos = place_owner[first_prod]
         first_at = {int(v): i for i, v in reversed(list(enumerate(pos.tolist())))}
@@ -279,18 +301,23 @@ def analyze(g: Graph, attention_heads: str = "auto", approximate: bool = False) 
             starts = np.searchsorted(owner[order], member_arr)
             idx = order[starts[:, None] + np.arange(k)[None, :]]
             places.append(Place(init, ax, idx, (init, ax) in ctx.producers))
-        removable = np.array([r not in blocked for r in members], dtype=bool)
-        reasons = sorted({blocked[r] for r in members if r in blocked})
-        approx_reasons = sorted({approx[r] for r in members if r in approx})
+        b_idx, a_idx = blocked_at[member_arr], approx_at[member_arr]
+        removable = b_idx < 0
+        reasons = sorted({reasons_list[i] for i in np.unique(b_idx[b_idx >= 0]).tolist()})
+        approx_reasons = sorted({reasons_list[i] for i in np.unique(a_idx[a_idx >= 0]).tolist()})
         exact = not approx_reasons
         if not exact and not approximate:
-            removable[:] = removable & np.array([r not in approx for r in members])
+            removable = removable & (a_idx < 0)
             reasons = sorted(set(reasons) | {f"{a} (approximate; allow with approximate=true)"
                                              for a in approx_reasons})
         groups.append(Group(len(groups), cids, places, removable, reasons, exact, approx_reasons))
 
+    cid_lookup = np.full(max(n_vars, 1), -1, dtype=np.int64)
+    for r, c in cid_of.items():
+        cid_lookup[r] = c
+
     def to_cid(owner: np.ndarray) -> np.ndarray:
-        return np.array([cid_of.get(int(v), -1) for v in owner], dtype=np.int64)
+        return np.where(owner >= 0, cid_lookup[np.maximum(owner, 0)], -1)
 
     param_owner: dict[str, list[tuple[int, np.ndarray]]] = {}
     for (init, ax), owner in place_owner.items():

@@ -19,48 +19,72 @@ from pruning_core.graph import Graph, attr, run_node
 
 
 class UnionFind:
+    """Union-find over int64 variable ids, numpy-backed: unions and root lookups are batched
+    (hundreds of thousands of channel positions in a ViT-B), never a Python loop per pair."""
+
     def __init__(self) -> None:
-        self.parent: list[int] = []
+        self._parent = np.zeros(1024, dtype=np.int64)
+        self.size = 0
+
+    @property
+    def parent(self) -> np.ndarray:
+        return self._parent[: self.size]
 
     def new(self, n: int) -> np.ndarray:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
-        return np.arange(start, start + n, dtype=np.int64)
+        start = self.size
+        if start + n > len(self._parent):
+            grown = np.zeros(max(2 * len(self._parent), start + n), dtype=np.int64)
+            grown[:start] = self._parent[:start]
+            self._parent = grown
+        ids = np.arange(start, start + n, dtype=np.int64)
+        self._parent[start:start + n] = ids
+        self.size = start + n
+        return ids
+
+    def find_many(self, x: np.ndarray) -> np.ndarray:
+        p = self._parent
+        r = p[x]
+        while True:
+            nxt = p[r]
+            if np.array_equal(nxt, r):
+                break
+            r = nxt
+        p[x] = r  # path compression for the queried ids
+        return r
 
     def find(self, x: int) -> int:
-        p = self.parent
-        root = x
-        while p[root] != root:
-            root = p[root]
-        while p[x] != root:
-            p[x], x = root, p[x]
-        return root
+        return int(self.find_many(np.array([x], dtype=np.int64))[0])
+
+    def union_many(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Union a[i] with b[i] for all i. The smaller id becomes the root (deterministic)."""
+        a = np.asarray(a, dtype=np.int64).ravel()
+        b = np.asarray(b, dtype=np.int64).ravel()
+        while a.size:
+            ra, rb = self.find_many(a), self.find_many(b)
+            diff = ra != rb
+            if not diff.any():
+                return
+            a, b, ra, rb = a[diff], b[diff], ra[diff], rb[diff]
+            lo, hi = np.minimum(ra, rb), np.maximum(ra, rb)
+            # duplicate `hi` entries: one write wins; the loop re-checks the others
+            self._parent[hi] = lo
 
     def union(self, a: int, b: int) -> int:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return ra
-        if ra > rb:
-            ra, rb = rb, ra
-        self.parent[rb] = ra  # the smaller id stays root: deterministic channel order
-        return ra
+        self.union_many(np.array([a]), np.array([b]))
+        return self.find(a)
 
     def all_roots(self) -> np.ndarray:
-        """Root of every variable, by pointer jumping (vectorized)."""
-        r = np.asarray(self.parent, dtype=np.int64)
-        while True:
-            nxt = r[r]
-            if np.array_equal(nxt, r):
-                return r
-            r = nxt
+        return self.find_many(np.arange(self.size, dtype=np.int64)) if self.size else np.zeros(0, np.int64)
 
     def roots(self, arr: np.ndarray) -> np.ndarray:
         """Map var ids to their current roots (-1 stays -1)."""
+        arr = np.asarray(arr, dtype=np.int64)
         if arr.size == 0:
             return arr
-        uniq, inv = np.unique(arr, return_inverse=True)
-        mapped = np.array([self.find(int(u)) if u >= 0 else -1 for u in uniq], dtype=np.int64)
-        return mapped[inv].reshape(arr.shape)
+        out = arr.copy()
+        m = arr >= 0
+        out[m] = self.find_many(arr[m])
+        return out
 
 
 def compact(arr: np.ndarray) -> np.ndarray:
@@ -187,11 +211,8 @@ class LabelCtx:
         """Union label arrays elementwise (broadcasting); -1 on either side is skipped."""
         a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
         m = (a >= 0) & (b >= 0) & (a != b)
-        if not m.any():
-            return
-        pairs = np.unique(np.stack([a[m], b[m]], axis=1), axis=0)
-        for x, y in pairs:
-            self.uf.union(int(x), int(y))
+        if m.any():
+            self.uf.union_many(a[m], b[m])
 
     def combine(self, arrs: list[np.ndarray], shape: tuple[int, ...] | None = None) -> np.ndarray:
         """Labels of an output fed by several labeled inputs: union where they overlap."""
@@ -208,10 +229,13 @@ class LabelCtx:
         """Make every slice along ``axis`` one channel: union all labels in each slice."""
         arr = np.asarray(arr)
         moved = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
-        for row in moved:
-            vals = np.unique(row[row >= 0])
-            for v in vals[1:]:
-                self.uf.union(int(vals[0]), int(v))
+        # every labeled entry of a row joins the row's first labeled entry
+        has = moved >= 0
+        first = np.where(has.any(axis=1), moved[np.arange(len(moved)), has.argmax(axis=1)], -1)
+        anchor = np.broadcast_to(first[:, None], moved.shape)
+        m = has & (anchor >= 0)
+        if m.any():
+            self.uf.union_many(moved[m], anchor[m])
         return compact(self.uf.roots(arr))
 
     def slabify(self, arr: np.ndarray) -> np.ndarray:

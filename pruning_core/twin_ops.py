@@ -516,6 +516,19 @@ _MAXPOOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVGPOOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
+@check("MaxPool")
+def _max_pool_check(a: Attrs) -> str | None:
+    if a.num_outputs < 2:
+        return None
+    pads = list(a.get("pads", []))
+    half = len(pads) // 2
+    if a.get("storage_order", 0) or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return "Indices output with storage_order=1 or SAME auto_pad"
+    if pads[:half] != pads[half:]:
+        return "Indices output with asymmetric pads"
+    return None
+
+
 @op("MaxPool")
 def _max_pool(a: Attrs, ins: list[Tensor | None]) -> OpResult:
     x = ins[0]

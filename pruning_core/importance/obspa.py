@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from numpy.lib.stride_tricks import sliding_window_view
 from onnx import ModelProto, NodeProto, numpy_helper
 
 from pruning_core import calibration
@@ -42,6 +41,7 @@ MAX_COLS = 4096            # widest H built (4096^2 float64 = 128 MiB)
 H_BUDGET = 512 << 20       # bytes of H held at once; more consumers -> more passes over the data
 DAMP = 0.01                # damping: 1 % of the mean diagonal of H
 CHANNEL_CHUNK = 256        # channels solved at once when scoring
+POOL = 32                  # samples whose activations are processed together
 
 
 @dataclass
@@ -154,13 +154,16 @@ def _conv_unfold(node: NodeProto, x_shape: tuple[int, ...],
     if nd == 1:
         kernel, strides, dil, pads = (1, *kernel), [1, *strides], [1, *dil], [(0, 0), *pads]
 
+    span = tuple((k - 1) * d + 1 for k, d in zip(kernel, dil, strict=True))
+
     def unfold(x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         if nd == 1:
-            t = t[:, :, None, :]
-        t = F.pad(t, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]))
-        cols = F.unfold(t, kernel, dilation=dil, stride=strides)  # [B, C*k, L], channel-major
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1]).numpy()
+            x = x[:, :, None, :]
+        xp = np.pad(x, ((0, 0), (0, 0), pads[0], pads[1]))
+        # [B, C, H', W', span_h, span_w] view, then stride and dilation by slicing: no copy
+        win = sliding_window_view(xp, span, axis=(2, 3))
+        win = win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]
+        return win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kernel[0] * kernel[1])
 
     return unfold, ("conv", tuple(kernel), tuple(strides), tuple(dil), tuple(pads))
 
@@ -373,7 +376,8 @@ def collect(ctx: ScoreContext, consumers: list[Consumer], products: list[Product
     prows = 0
     if not tensors:
         return acc, perr
-    for _, vals in calibration.capture(an.graph, tensors, _source(ctx)):
+    def consume(vals: dict[str, np.ndarray]) -> None:
+        nonlocal prows
         done: set[tuple] = set()
         for c in consumers:
             x = None
@@ -383,11 +387,12 @@ def collect(ctx: ScoreContext, consumers: list[Consumer], products: list[Product
                     continue
                 done.add(key)
                 if x is None:
-                    x = c.unfold(vals[c.tensor].astype(np.float64))
+                    x = c.unfold(vals[c.tensor].astype(np.float32, copy=False))
                 xb = x[:, b.xcols]
                 if c.bias is not None:
-                    xb = np.concatenate([xb, np.ones((len(xb), 1))], axis=1)
-                acc[key] = acc.get(key, 0.0) + xb.T @ xb
+                    xb = np.concatenate([xb, np.ones((len(xb), 1), xb.dtype)], axis=1)
+                # float32 products summed in float64: H is damped by 1 %, far above the rounding
+                acc[key] = acc.get(key, 0.0) + (xb.T @ xb).astype(np.float64)
                 rows[key] = rows.get(key, 0) + len(xb)
         for p in products:
             a, b = vals[p.a].astype(np.float64), vals[p.b].astype(np.float64)
@@ -398,6 +403,16 @@ def collect(ctx: ScoreContext, consumers: list[Consumer], products: list[Product
                 delta = a[..., pa] @ b[..., pb, :]
                 perr[cid] += 0.5 * float((delta ** 2).sum())
             prows += int(np.prod(a.shape[:-1]))
+
+    # Small model batches are pooled (up to POOL samples) so the per-batch work is not overhead.
+    pool: list[dict[str, np.ndarray]] = []
+    for batch, vals in calibration.capture(an.graph, tensors, _source(ctx)):
+        pool.append(vals)
+        if len(pool) * calibration.batch_size(batch) >= POOL:
+            consume({t: np.concatenate([v[t] for v in pool]) for t in tensors})
+            pool = []
+    if pool:
+        consume({t: np.concatenate([v[t] for v in pool]) for t in tensors})
     if prows:
         perr /= prows
     return {k: v / rows[k] for k, v in acc.items()}, perr
@@ -473,12 +488,8 @@ def prepare(ctx: ScoreContext) -> None:
                           "largest_h_mib": round(largest ** 2 * 8 / 2**20, 3),
                           "consumers": len(p.consumers), "products": len(p.products),
                           "skipped_consumers": p.skipped, "passes": len(chunks),
-                          "samples": sum(model_rows(b) for b in _source(ctx)),
+                          "samples": sum(calibration.batch_size(b) for b in _source(ctx)),
                           "data": "calibration" if ctx.data is not None else "data-free"}
-
-
-def model_rows(b: calibration.Batch) -> int:
-    return len(next(iter(b.feeds.values()))) if b.feeds else 0
 
 
 def compensate(ctx: ScoreContext, removed: np.ndarray, pruned: ModelProto) -> ModelProto:
