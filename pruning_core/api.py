@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class PruneResult:
     artifacts: dict[str, Path]
     report: dict[str, Any]
     summary: dict[str, Any]
-    model: ModelProto | None = field(default=None, repr=False)
 
 
 def _io(g: graph_mod.Graph, names: list[str]) -> list[dict]:
@@ -112,9 +111,9 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
 
     stage("surgery", 0.0, f"removing {int(removed.sum())} channels")
     pruned = surgery.apply(an, removed)
-    onnx.checker.check_model(pruned, full_check=True)
     done("surgery")
 
+    crit = CRITERIA[spec.criterion]
     inputs = data_mod.synthetic_inputs(g, seed=spec.seed)
     verify_rep: dict[str, Any] = {"skipped": True}
     if spec.verify:
@@ -126,26 +125,30 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
             approx = verify(an, removed, pruned, inputs)
             verify_rep["approximate"] = {"max_error": approx["max_error"],
                                          "channels": int(removed.sum() - exact_removed.sum())}
+        del exact_model
         if not verify_rep["passed"]:
             raise VerificationError(f"pruned model differs from the masked original by {verify_rep['max_error']:.3g} "
                                     f"(tolerance {verify_rep['tolerance']:.3g})")
         done("verify")
 
-    crit = CRITERIA[spec.criterion]
     if crit.compensate is not None:
         stage("compensate", 0.0, f"{spec.criterion} weight compensation")
         pruned = crit.compensate(ctx, removed, pruned)
-        onnx.checker.check_model(pruned, full_check=True)
         done("compensate")
-
-    stage("measure", 0.0, "params, MACs, latency")
-    figures = _measure(g, an, removed, pruned, inputs)
-    done("measure")
 
     stage("save", 0.0, None)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "pruned.onnx"
     _save(pruned, onnx_path)
+    if src.artifacts is None:
+        del pruned  # from here on the file is the result: checked, run and timed from disk
+    onnx.checker.check_model(str(onnx_path), full_check=True)
+    done("save")
+
+    stage("measure", 0.0, "params, MACs, latency")
+    figures = _measure(src.path, an, removed, onnx_path, inputs)
+    done("measure")
+
     artifacts = {"pruned.onnx": onnx_path}
     if src.artifacts is not None:
         artifacts.update(src.artifacts(an, removed, pruned, out, spec))
@@ -153,14 +156,14 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
     report["source"] = {"kind": src.kind, "name": Path(src.original).name}
     rep_path = out / "report.json"
     rep_path.write_text(json.dumps(report, indent=1))
-    done("save")
     stage("save", 1.0, "done")
-    summary = {k: figures[k] for k in ("params_before", "params_after", "macs_before", "macs_after",
-                                       "latency_ms_before", "latency_ms_after")}
+    summary = {k: figures[k] for k in ("params_before", "params_after", "macs_before", "macs_after")}
+    summary["latency_ms_before"] = figures["latency_before"]["median_ms"]
+    summary["latency_ms_after"] = figures["latency_after"]["median_ms"]
     summary["verify_max_error"] = verify_rep.get("max_error")
     summary["channels_removed"] = int(removed.sum())
     artifacts["report.json"] = rep_path
-    return PruneResult(artifacts, report, summary, pruned)
+    return PruneResult(artifacts, report, summary)
 
 
 def _exact_only(an: Analysis, removed: np.ndarray) -> np.ndarray:
@@ -171,16 +174,16 @@ def _exact_only(an: Analysis, removed: np.ndarray) -> np.ndarray:
     return exact
 
 
-def _measure(g: graph_mod.Graph, an: Analysis, removed: np.ndarray, pruned: ModelProto,
+def _measure(original: Path, an: Analysis, removed: np.ndarray, pruned: Path,
              inputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    before = metrics.run(g.model, inputs)
-    after = metrics.run(pruned, inputs)
+    """Figures of the model as uploaded vs the pruned file (one session each)."""
+    before_sess, after_sess = metrics.session(original), metrics.session(pruned)
     return {
         "params_before": an.params(), "params_after": an.params(removed),
         "macs_before": an.macs(), "macs_after": an.macs(removed),
-        "latency_ms_before": metrics.latency_ms(g.model, inputs),
-        "latency_ms_after": metrics.latency_ms(pruned, inputs),
-        "fidelity": metrics.fidelity(before, after),
+        "latency_before": metrics.latency_ms(before_sess, inputs),
+        "latency_after": metrics.latency_ms(after_sess, inputs),
+        "fidelity": metrics.fidelity(metrics.run(before_sess, inputs), metrics.run(after_sess, inputs)),
     }
 
 
@@ -213,8 +216,9 @@ def _report(g: graph_mod.Graph, an: Analysis, removed: np.ndarray, scores: dict[
                    "removed_fraction": ratio(figures["params_before"], figures["params_after"])},
         "macs": {"before": figures["macs_before"], "after": figures["macs_after"],
                  "removed_fraction": ratio(figures["macs_before"], figures["macs_after"])},
-        "latency_ms": {"before": figures["latency_ms_before"], "after": figures["latency_ms_after"],
-                       "threads": 1},
+        "latency_ms": {"before": figures["latency_before"]["median_ms"],
+                       "after": figures["latency_after"]["median_ms"],
+                       "threads": figures["latency_after"]["threads"], "runs": figures["latency_after"]["runs"]},
         "fidelity": figures["fidelity"],
         "channels": {"total": int(an.n_channels), "removed": int(removed.sum())},
         "groups_summary": {"total": len(an.groups), "prunable": sum(gr.prunable for gr in an.groups),

@@ -20,7 +20,8 @@ statistics and Dropout passes values through, whatever ``.train()`` / ``.eval()`
 criteria and gate training must see the function the ONNX model computes.
 
 Shapes are computed at run time (Shape/Gather/Concat chains execute like any op), so dynamic axes
-such as the batch size stay dynamic. Unsupported ops are reported when the twin is built.
+such as the batch size stay dynamic; ``If`` picks its branch from the condition's value at run
+time. Unsupported ops (Loop, Scan, other domains...) are reported when the twin is built.
 The op implementations live in :mod:`pruning_core.twin_ops`.
 """
 
@@ -81,6 +82,7 @@ _NON_DIFF_SLOTS: dict[str, frozenset[int]] = {
     "ScatterND": frozenset({1}),
     "ScatterElements": frozenset({1}),
     "Where": frozenset({0}),
+    "If": frozenset({0}),
     "Shape": _ALL,
     "Size": _ALL,
     "ConstantOfShape": _ALL,
@@ -119,6 +121,17 @@ class _Step:
     inputs: tuple[str, ...]  # "" for an absent optional input
     outputs: tuple[str, ...]
     free: tuple[str, ...] = ()  # values whose last consumer is this step (freed after it)
+    deps: tuple[str, ...] = ()  # inputs plus outer-scope names its subgraphs read (If)
+    branches: tuple[_Branch, _Branch] | None = None  # If: (then, else)
+
+
+@dataclasses.dataclass
+class _Branch:
+    """A compiled If branch: runs in a copy of the outer environment."""
+
+    steps: list[_Step]
+    outputs: tuple[str, ...]
+    consts: dict[str, str]  # subgraph initializer name -> buffer attribute
 
 
 def supported_ops() -> frozenset[str]:
@@ -136,10 +149,18 @@ def _opset(model: onnx.ModelProto) -> int:
 def unsupported_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
     """``{op type: [node names]}`` for every node the twin cannot run (empty when it can run all)."""
     model = _prepare(model)
-    opset = _opset(model)
     bad: dict[str, list[str]] = {}
-    for i, node in enumerate(model.graph.node):
+    _collect_unsupported(model.graph, _opset(model), bad)
+    return bad
+
+
+def _collect_unsupported(graph: onnx.GraphProto, opset: int, bad: dict[str, list[str]]) -> None:
+    for i, node in enumerate(graph.node):
         label = _label(node, i)
+        if node.op_type == "If" and node.domain in _DEFAULT_DOMAINS:
+            for at in node.attribute:
+                if at.type == onnx.AttributeProto.GRAPH:
+                    _collect_unsupported(at.g, opset, bad)
         if node.domain not in _DEFAULT_DOMAINS:
             bad.setdefault(f"{node.domain}::{node.op_type}", []).append(label)
             continue
@@ -158,7 +179,6 @@ def unsupported_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
             reason = checker(attrs)
             if reason:
                 bad.setdefault(f"{node.op_type} [{reason}]", []).append(label)
-    return bad
 
 
 def _label(node: onnx.NodeProto, index: int) -> str:
@@ -175,12 +195,31 @@ def _prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _outer_refs(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads from enclosing scopes (ONNX subgraphs may use outer values)."""
+    defined = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+    refs: set[str] = set()
+    for node in graph.node:
+        refs.update(n for n in _node_deps(node) if n not in defined)
+        defined.update(node.output)
+    refs.update(o.name for o in graph.output if o.name not in defined)
+    return refs
+
+
+def _node_deps(node: onnx.NodeProto) -> list[str]:
+    deps = [n for n in node.input if n]
+    for at in node.attribute:
+        if at.type == onnx.AttributeProto.GRAPH:
+            deps.extend(sorted(_outer_refs(at.g)))
+    return deps
+
+
 def _toposort(nodes: Sequence[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
     """Nodes in an executable order (ONNX requires topological order, but not every tool obeys)."""
     ready = set(available)
     in_order = True
     for node in nodes:
-        if not all(not n or n in ready for n in node.input):
+        if not all(n in ready for n in _node_deps(node)):
             in_order = False
             break
         ready.update(node.output)
@@ -192,16 +231,34 @@ def _toposort(nodes: Sequence[onnx.NodeProto], available: set[str]) -> list[onnx
     while pending:
         rest = []
         for node in pending:
-            if all(not n or n in ready for n in node.input):
+            if all(n in ready for n in _node_deps(node)):
                 ordered.append(node)
                 ready.update(node.output)
             else:
                 rest.append(node)
         if len(rest) == len(pending):
-            missing = sorted({n for node in rest for n in node.input if n and n not in ready})
+            missing = sorted({n for node in rest for n in _node_deps(node) if n not in ready})
             raise ModelLoadError(f"graph has a cycle or undefined inputs: {missing[:10]}")
         pending = rest
     return ordered
+
+
+def _plan_frees(steps: list[_Step], keep: set[str], freeable: set[str] | None) -> None:
+    """Set each step's ``free``: values whose last reader it is (unread outputs die at once)."""
+    last_use: dict[str, int] = {}
+    for k, step in enumerate(steps):
+        for name in step.deps:
+            last_use[name] = k
+    for k, step in enumerate(steps):
+        for name in step.outputs:
+            if name and name not in last_use:
+                last_use[name] = k
+    frees: dict[int, list[str]] = {}
+    for name, k in last_use.items():
+        if name not in keep and (freeable is None or name in freeable):
+            frees.setdefault(k, []).append(name)
+    for k, step in enumerate(steps):
+        step.free = tuple(frees.get(k, ()))
 
 
 def _sanitize(name: str) -> str:
@@ -300,31 +357,9 @@ class OnnxTwin(nn.Module):
                 steps_nodes.append(node)
 
         available = set(self.input_names) | init_names | set(self._const_names)
-        ordered = _toposort(steps_nodes, available)
-        self._steps: list[_Step] = []
-        for node in ordered:
-            attrs = Attrs(
-                decode_attributes(node),
-                op_type=node.op_type,
-                opset=opset,
-                num_outputs=len(node.output),
-                node_name=labels[id(node)],
-            )
-            self._steps.append(_Step(OPS[node.op_type], attrs, tuple(node.input), tuple(node.output)))
-
+        self._steps: list[_Step] = self._compile(steps_nodes, available, opset, labels)
         # Free intermediate values after their last use: keeps peak memory near onnxruntime's.
-        last_use: dict[str, int] = {}
-        for k, step in enumerate(self._steps):
-            for name in step.inputs:
-                if name:
-                    last_use[name] = k
-        keep = set(self.output_names)
-        frees: dict[int, list[str]] = {}
-        for name, k in last_use.items():
-            if name not in keep:
-                frees.setdefault(k, []).append(name)
-        for k, step in enumerate(self._steps):
-            step.free = tuple(frees.get(k, ()))
+        _plan_frees(self._steps, keep=set(self.output_names), freeable=None)
 
         self.tensor_names: frozenset[str] = frozenset(
             available | {o for s in self._steps for o in s.outputs if o}
@@ -332,6 +367,45 @@ class OnnxTwin(nn.Module):
         self._gates: dict[str, Gate] = {}
 
     # ------------------------------------------------------------------ construction helpers
+
+    def _compile(
+        self, nodes: list[onnx.NodeProto], available: set[str], opset: int, labels: dict[int, str]
+    ) -> list[_Step]:
+        steps: list[_Step] = []
+        ready = set(available)
+        for node in _toposort(nodes, available):
+            attrs = Attrs(
+                decode_attributes(node),
+                op_type=node.op_type,
+                opset=opset,
+                num_outputs=len(node.output),
+                node_name=labels.get(id(node), _label(node, len(steps))),
+            )
+            branches = None
+            if node.op_type == "If":
+                then_b = self._compile_branch(attrs["then_branch"], ready, opset)
+                else_b = self._compile_branch(attrs["else_branch"], ready, opset)
+                branches = (then_b, else_b)
+            deps = tuple(_node_deps(node))
+            steps.append(
+                _Step(OPS[node.op_type], attrs, tuple(node.input), tuple(node.output), (), deps, branches)
+            )
+            ready.update(n for n in node.output if n)
+        return steps
+
+    def _compile_branch(self, graph: onnx.GraphProto, outer: set[str], opset: int) -> _Branch:
+        consts: dict[str, str] = {}
+        for init in graph.initializer:  # rare; constants of the branch, never trained
+            attr = self._unique_attr("branch_" + init.name)
+            self.register_buffer(attr, tensor_from_proto(init))
+            consts[init.name] = attr
+        nodes = list(graph.node)
+        labels = {id(node): _label(node, i) for i, node in enumerate(nodes)}
+        steps = self._compile(nodes, outer | set(consts), opset, labels)
+        outputs = tuple(o.name for o in graph.output)
+        # Inside a branch only the branch's own values may be freed; outer ones live on.
+        _plan_frees(steps, keep=set(outputs), freeable={n for st in steps for n in st.outputs if n})
+        return _Branch(steps, outputs, consts)
 
     def _unique_attr(self, onnx_name: str) -> str:
         base = _sanitize(onnx_name)
@@ -514,13 +588,21 @@ class OnnxTwin(nn.Module):
 
         # Mixed devices only arise off-CPU (Shape results stay on the host); check only then.
         mixed = any(t.device.type != "cpu" for t in env.values())
-        keep = set(capture)
-        for step in self._steps:
-            ins: list[Tensor | None] = [env[n] if n else None for n in step.inputs]
+        self._run_steps(self._steps, env, set(capture), mixed)
+        outputs = tuple(env[n] for n in self.output_names)
+        return outputs, {n: env[n] for n in capture}
+
+    def _run_steps(self, steps: list[_Step], env: dict[str, Any], keep: set[str], mixed: bool) -> None:
+        gates = self._gates
+        for step in steps:
+            ins: list[Any] = [env[n] if n else None for n in step.inputs]
             if mixed:
                 ins = _same_device(ins)
             try:
-                result = step.fn(step.attrs, ins)  # type: ignore[misc]
+                if step.branches is not None:
+                    result: Any = self._run_if(step, ins, env, mixed)
+                else:
+                    result = step.fn(step.attrs, ins)  # type: ignore[misc]
             except Exception as exc:  # name the node: a bare torch error is hard to place
                 exc.add_note(f"while running ONNX node {step.attrs.node_name!r} ({step.attrs.op_type})")
                 raise
@@ -532,19 +614,26 @@ class OnnxTwin(nn.Module):
             for name in step.free:
                 if name not in keep:
                     env.pop(name, None)
-        outputs = tuple(env[n] for n in self.output_names)
-        return outputs, {n: env[n] for n in capture}
+
+    def _run_if(self, step: _Step, ins: list[Any], env: dict[str, Any], mixed: bool) -> tuple[Any, ...]:
+        assert step.branches is not None
+        # The condition is data-dependent control flow: read on the host, like onnxruntime does.
+        branch = step.branches[0 if bool(ins[0].reshape(-1)[0]) else 1]
+        scope = dict(env)
+        for name, attr in branch.consts.items():
+            scope[name] = getattr(self, attr)
+        self._run_steps(branch.steps, scope, set(), mixed)
+        return tuple(scope[n] for n in branch.outputs)
 
     # Op functions include lambdas, which pickle cannot name: drop them and look them up again.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_steps"] = [dataclasses.replace(s, fn=None) for s in self._steps]
+        state["_steps"] = _strip_fns(self._steps)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        for step in self._steps:
-            step.fn = OPS[step.attrs.op_type]
+        _restore_fns(self._steps)
 
     def extra_repr(self) -> str:
         n_params = sum(math.prod(p.shape) for p in self.parameters())
@@ -552,6 +641,23 @@ class OnnxTwin(nn.Module):
             f"inputs={self.input_names}, outputs={self.output_names}, nodes={len(self._steps)}, "
             f"opset={self.opset}, params={n_params}"
         )
+
+
+def _strip_fns(steps: list[_Step]) -> list[_Step]:
+    out = []
+    for s in steps:
+        branches = None
+        if s.branches is not None:
+            branches = tuple(dataclasses.replace(b, steps=_strip_fns(b.steps)) for b in s.branches)
+        out.append(dataclasses.replace(s, fn=None, branches=branches))  # type: ignore[arg-type]
+    return out
+
+
+def _restore_fns(steps: list[_Step]) -> None:
+    for s in steps:
+        s.fn = OPS[s.attrs.op_type]
+        for b in s.branches or ():
+            _restore_fns(b.steps)
 
 
 def _same_device(ins: list[Any]) -> list[Any]:

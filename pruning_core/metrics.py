@@ -57,26 +57,32 @@ def session(model: ModelProto | str, threads: int = 1):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    src = model.SerializeToString() if isinstance(model, ModelProto) else model
+    src = model.SerializeToString() if isinstance(model, ModelProto) else str(model)
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
-def run(model: ModelProto | str, inputs: dict[str, np.ndarray], threads: int = 1) -> list[np.ndarray]:
-    return session(model, threads).run(None, inputs)
+def run(model, inputs: dict[str, np.ndarray], threads: int = 0) -> list[np.ndarray]:
+    """Outputs of a path / ModelProto / InferenceSession on ``inputs``."""
+    sess = model if hasattr(model, "run") else session(model, threads)
+    return sess.run(None, inputs)
 
 
-def latency_ms(model: ModelProto | str, inputs: dict[str, np.ndarray], runs: int = 20, warmup: int = 3,
-               threads: int = 1) -> float:
-    """Median wall time of ``runs`` onnxruntime runs at a fixed thread count."""
-    sess = session(model, threads)
+def latency_ms(model, inputs: dict[str, np.ndarray], runs: int = 20, warmup: int = 2,
+               threads: int = 1, budget_s: float = 3.0) -> dict[str, float]:
+    """Median wall time of onnxruntime runs at a fixed thread count. ``model`` is a path, a
+    ModelProto or an InferenceSession; big models get fewer runs (at least 3) within ``budget_s``."""
+    sess = model if hasattr(model, "run") else session(model, threads)
+    t0 = time.perf_counter()
     for _ in range(warmup):
         sess.run(None, inputs)
+    per_run = (time.perf_counter() - t0) / max(1, warmup)
+    n = max(3, min(runs, int(budget_s / max(per_run, 1e-6))))
     times = []
-    for _ in range(runs):
+    for _ in range(n):
         t0 = time.perf_counter()
         sess.run(None, inputs)
         times.append((time.perf_counter() - t0) * 1e3)
-    return float(statistics.median(times))
+    return {"median_ms": float(statistics.median(times)), "runs": n, "threads": threads}
 
 
 def fidelity(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, float]:

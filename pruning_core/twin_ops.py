@@ -1422,3 +1422,9 @@ def _concat_from_sequence(a: Attrs, ins: list[Any]) -> Tensor:
     if a.get("new_axis", 0):
         return torch.stack(seq, dim=_axis(a["axis"], seq[0].dim() + 1))
     return torch.cat(seq, dim=a["axis"])
+
+
+@op("If")
+def _if(a: Attrs, ins: list[Tensor | None]) -> OpResult:
+    # Subgraphs need the enclosing scope: the executor runs If itself (see OnnxTwin._run_if).
+    raise RuntimeError("If is executed by the OnnxTwin executor, not through the op table")

@@ -44,11 +44,11 @@ def masked_model(an: Analysis, removed: np.ndarray) -> ModelProto:
     return m
 
 
-def verify(an: Analysis, removed: np.ndarray, pruned: ModelProto, inputs: dict[str, np.ndarray],
-           exact_only_pruned: ModelProto | None = None) -> dict:
-    """Compare ``pruned`` with the masked original on ``inputs``."""
+def verify(an: Analysis, removed: np.ndarray, pruned, inputs: dict[str, np.ndarray]) -> dict:
+    """Compare ``pruned`` (ModelProto, path or session) with the masked original on ``inputs``."""
     masked = masked_model(an, removed)
     ref = metrics.run(masked, inputs)
+    del masked
     got = metrics.run(pruned, inputs)
     scale = max(1.0, max(float(np.abs(r).max()) if r.size else 0.0 for r in ref))
     err = max(float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max()) if a.size else 0.0

@@ -404,56 +404,35 @@ class PrunedProgram(OnnxTwin):
         return outs[0] if self._single and len(outs) == 1 else outs
 
 
-@contextlib.contextmanager
-def _host_shape_reads() -> Iterator[None]:
-    """torch.export fakes every tensor, constants included; a constant stays concrete only while
-    it is read directly (``t.tolist()``), not through an op (``t.reshape(-1).tolist()`` makes a
-    new fake whose values are unknown). The twin's shape helper reads through ``reshape``, so while
-    exporting we swap in one that reads first and flattens in Python. Stopgap until twin_ops does so
-    itself (asked for in issue 7's report)."""
-    from pruning_core import twin_ops
+class _EagerConstants(torch.overrides.TorchFunctionMode):
+    """Run every torch call whose tensors are all concrete eagerly, outside the fake mode.
 
-    original = twin_ops._ints
+    ``torch.export`` traces with fake tensors; an op that reads a value (``Reshape``'s shape, ``Pad``'s
+    constant, ``TopK``'s k) needs it concrete. In the pruned graph those values are constants (plain
+    tensor attributes of :class:`PrunedProgram`, never fakes), but the twin reads them through torch
+    ops (``t.reshape(-1).tolist()``), and an op on a real tensor under the fake mode yields a fake with
+    unknown values. Evaluating such calls for real keeps the constant chain concrete, so the program
+    is specialized to the pruned graph's static shapes, as the ONNX model is."""
 
-    def ints(t: torch.Tensor | Sequence[int] | None) -> list[int] | None:
-        if t is None:
-            return None
-        raw = t.tolist() if isinstance(t, torch.Tensor) else list(t)
-        flat: list[int] = []
-        stack = [raw]
-        while stack:
-            item = stack.pop()
-            if isinstance(item, list):
-                stack.extend(reversed(item))
-            else:
-                flat.append(int(item))
-        return flat
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        from torch._subclasses.fake_tensor import is_fake, unset_fake_temporarily
+        from torch.utils._pytree import tree_leaves
 
-    twin_ops._ints = ints  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        twin_ops._ints = original  # type: ignore[assignment]
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if tensors and all(type(t) in (torch.Tensor, nn.Parameter) and not is_fake(t) for t in tensors):
+            with unset_fake_temporarily():
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)
 
 
 def export_program(module: PrunedProgram, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
     module.eval()
-    errors = []
-    with _quiet(), _host_shape_reads():
-        try:
+    try:
+        with _quiet(), _EagerConstants():
             return torch.export.export(module, args, strict=False)
-        except Exception as e:
-            errors.append(_first_line(e))
-        # An op that reads a shape some other way (TopK's k, Range's limits...): trace with the
-        # real values alongside the fakes; the program then carries runtime asserts on them.
-        import torch._functorch.config as functorch_config
-
-        try:
-            with functorch_config.patch(fake_tensor_propagate_real_tensors=True):
-                return torch.export.export(module, args, strict=False)
-        except Exception as e:
-            errors.append(_first_line(e))
-    raise PT2ExportError(f"cannot export the pruned graph as an ExportedProgram: {' / '.join(errors)}")
+    except Exception as e:
+        raise PT2ExportError(f"cannot export the pruned graph as an ExportedProgram: {_first_line(e)}") from e
 
 
 # -------------------------------------------------------------------------------- the hook

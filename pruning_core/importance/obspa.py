@@ -214,8 +214,10 @@ def _owner_along(an: Analysis, tensor: str, axis: int) -> np.ndarray | None:
     return owner if ax % rank == axis % rank else None
 
 
-def plan(an: Analysis, max_cols: int = MAX_COLS) -> Plan:
+def plan(an: Analysis, max_cols: int | None = None) -> Plan:
+    """Every consumer of channels, as weight least-squares blocks or weightless products."""
     g = an.graph
+    max_cols = max_cols or MAX_COLS
     nodes = {n.name: n for n in g.nodes}
     out = Plan()
     for node_name, idx, tensor in an.consumer_inputs:
@@ -376,6 +378,7 @@ def collect(ctx: ScoreContext, consumers: list[Consumer], products: list[Product
     prows = 0
     if not tensors:
         return acc, perr
+
     def consume(vals: dict[str, np.ndarray]) -> None:
         nonlocal prows
         done: set[tuple] = set()
@@ -494,7 +497,6 @@ def prepare(ctx: ScoreContext) -> None:
 
 def compensate(ctx: ScoreContext, removed: np.ndarray, pruned: ModelProto) -> ModelProto:
     an = ctx.analysis
-    g = an.graph
     state: dict[str, Any] = ctx.cache["obspa"]
     p: Plan = state["plan"]
     hinvs: dict[tuple, np.ndarray] = state["hinv"]
@@ -506,31 +508,43 @@ def compensate(ctx: ScoreContext, removed: np.ndarray, pruned: ModelProto) -> Mo
             uses[c.bias] = uses.get(c.bias, 0) + 1
     todo = [c for c in p.consumers if uses[c.init] == 1 and (c.bias is None or uses[c.bias] == 1)
             and any(removed[b.owner[b.owner >= 0]].any() for b in c.blocks)]
-    missing = [c for c in todo if any(_hkey(c, b) not in hinvs for b in c.blocks)]
+    ready = [c for c in todo if all(_hkey(c, b) in hinvs for b in c.blocks)]
+    missing = [c for c in todo if not all(_hkey(c, b) in hinvs for b in c.blocks)]
+    new: dict[str, np.ndarray] = {}
+    for c in ready:
+        new.update(_refit(ctx, c, hinvs, removed))
+    # H that did not fit the cache: one more pass per chunk, dropped after its chunk is refit
     for chunk in _chunks(Plan(consumers=missing), H_BUDGET) if missing else []:
         hs, _ = collect(ctx, chunk)
-        hinvs.update({k: _damped_inverse(h) for k, h in hs.items()})
-    new: dict[str, np.ndarray] = {}
-    for c in todo:
-        w = c.get(g.inits[c.init].astype(np.float64)).copy()
-        bias = g.inits[c.bias].astype(np.float64).reshape(-1).copy() if c.bias is not None else None
-        for b in c.blocks:
-            owner = np.append(b.owner, -1) if bias is not None else b.owner
-            gone = np.nonzero((owner >= 0) & removed[np.maximum(owner, 0)])[0]
-            if not len(gone):
-                continue
-            hinv = hinvs[_hkey(c, b)]
-            wb = _weight_matrix(ctx, c, b)
-            # dW = -W_P ([H^-1]_PP)^-1 [H^-1]_P:  (the removed columns land on ~0, sliced away)
-            wb = wb - np.linalg.solve(hinv[np.ix_(gone, gone)], wb[:, gone].T).T @ hinv[gone]
-            rows = b.rows if len(b.rows) else np.arange(w.shape[0])
-            w[np.ix_(rows, b.wcols)] = wb[:, :len(b.wcols)]
-            if bias is not None:
-                bias[rows] = wb[:, -1]
-        new[c.init] = c.put(w)
-        if bias is not None:
-            new[c.bias] = bias.reshape(g.inits[c.bias].shape)
+        local = {k: _damped_inverse(h) for k, h in hs.items()}
+        for c in chunk:
+            new.update(_refit(ctx, c, local, removed))
     return _write(an, removed, pruned, new)
+
+
+def _refit(ctx: ScoreContext, c: Consumer, hinvs: dict[tuple, np.ndarray],
+           removed: np.ndarray) -> dict[str, np.ndarray]:
+    """Closed-form refit of one consumer's kept columns (and bias); full-size arrays by name."""
+    g = ctx.analysis.graph
+    w = c.get(g.inits[c.init].astype(np.float64)).copy()
+    bias = g.inits[c.bias].astype(np.float64).reshape(-1).copy() if c.bias is not None else None
+    for b in c.blocks:
+        owner = np.append(b.owner, -1) if bias is not None else b.owner
+        gone = np.nonzero((owner >= 0) & removed[np.maximum(owner, 0)])[0]
+        if not len(gone):
+            continue
+        hinv = hinvs[_hkey(c, b)]
+        wb = _weight_matrix(ctx, c, b)
+        # dW = -W_P ([H^-1]_PP)^-1 [H^-1]_P:  (the removed columns land on ~0, sliced away)
+        dw = -np.linalg.solve(hinv[np.ix_(gone, gone)], wb[:, gone].T).T @ hinv[gone]
+        rows = b.rows if len(b.rows) else np.arange(w.shape[0])
+        w[np.ix_(rows, b.wcols)] += dw[:, :len(b.wcols)]
+        if bias is not None:  # column blocks of one layer each refit the shared bias: add up
+            bias[rows] += dw[:, -1]
+    out = {c.init: c.put(w)}
+    if bias is not None and c.bias is not None:
+        out[c.bias] = bias.reshape(g.inits[c.bias].shape)
+    return out
 
 
 def _write(an: Analysis, removed: np.ndarray, pruned: ModelProto, new: dict[str, np.ndarray]) -> ModelProto:
