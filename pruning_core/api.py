@@ -146,7 +146,7 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
     done("save")
 
     stage("measure", 0.0, "params, MACs, latency")
-    figures = _measure(src.path, an, removed, onnx_path, inputs)
+    figures = _measure(g.model, an, removed, onnx_path, inputs)
     done("measure")
 
     artifacts = {"pruned.onnx": onnx_path}
@@ -174,9 +174,10 @@ def _exact_only(an: Analysis, removed: np.ndarray) -> np.ndarray:
     return exact
 
 
-def _measure(original: Path, an: Analysis, removed: np.ndarray, pruned: Path,
+def _measure(original: ModelProto, an: Analysis, removed: np.ndarray, pruned: Path,
              inputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Figures of the model as uploaded vs the pruned file (one session each)."""
+    """Figures of the normalized original (constants folded like the result, so the ratio shows
+    what pruning did) vs the pruned file; one session each."""
     before_sess, after_sess = metrics.session(original), metrics.session(pruned)
     return {
         "params_before": an.params(), "params_after": an.params(removed),

@@ -122,6 +122,14 @@ def load(model: str | os.PathLike[str] | ModelProto, input_shapes: dict[str, lis
     if opset < 11:
         m = onnx.version_converter.convert_version(m, 13)
         opset = 13
+    # A newer onnx stamps an IR version runtimes may not know yet; what the model needs is the
+    # minimum IR version for its opsets.
+    try:
+        need = helper.find_min_ir_version_for(list(m.opset_import), ignore_unknown=True)
+        if m.ir_version > need:
+            m.ir_version = need
+    except Exception:  # an unknown domain: keep the declared version
+        pass
     _name_nodes(m)
     original = {t.name for t in m.graph.initializer}
     _constants_to_initializers(m)

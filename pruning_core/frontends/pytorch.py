@@ -411,17 +411,19 @@ class _EagerConstants(torch.overrides.TorchFunctionMode):
     constant, ``TopK``'s k) needs it concrete. In the pruned graph those values are constants (plain
     tensor attributes of :class:`PrunedProgram`, never fakes), but the twin reads them through torch
     ops (``t.reshape(-1).tolist()``), and an op on a real tensor under the fake mode yields a fake with
-    unknown values. Evaluating such calls for real keeps the constant chain concrete, so the program
-    is specialized to the pruned graph's static shapes, as the ONNX model is."""
+    unknown values. Evaluating such calls for real (with the fake and tracing modes off) keeps the
+    constant chain concrete, so the program is specialized to the pruned graph's static shapes, as the
+    ONNX model is; a real result that meets a traced tensor is lifted as a constant by the exporter."""
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        from torch._subclasses.fake_tensor import is_fake, unset_fake_temporarily
+        from torch._subclasses.fake_tensor import is_fake
+        from torch.utils._python_dispatch import _disable_current_modes
         from torch.utils._pytree import tree_leaves
 
         tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         if tensors and all(type(t) in (torch.Tensor, nn.Parameter) and not is_fake(t) for t in tensors):
-            with unset_fake_temporarily():
+            with _disable_current_modes():  # neither faked nor recorded: a constant computed now
                 return func(*args, **kwargs)
         return func(*args, **kwargs)
 

@@ -15,8 +15,6 @@ are left out of the place rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -45,9 +43,9 @@ def _wanted(ctx: ScoreContext, twin) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in twin.named_onnx_parameters() if n in names}
 
 
-def _batches(ctx: ScoreContext) -> Iterator[calibration.Batch]:
-    return calibration.batches(ctx.analysis.graph, ctx.data, ctx.labels, ctx.spec.calibration.samples,
-                               ctx.spec.seed)
+def _batches(ctx: ScoreContext) -> list[calibration.Batch]:
+    return calibration.cached(ctx.cache, ctx.analysis.graph, ctx.data, ctx.labels,
+                              ctx.spec.calibration.samples, ctx.spec.seed)
 
 
 def _loss(outs: tuple[Tensor, ...], labels: np.ndarray | None, gen: torch.Generator) -> Tensor:

@@ -360,10 +360,8 @@ def _chunks(p: Plan, budget: int) -> list[list[Consumer]]:
 
 def _source(ctx: ScoreContext) -> list[calibration.Batch]:
     # materialized once: every pass (score chunks, compensation) must see the same samples
-    if "calib_batches" not in ctx.cache:
-        ctx.cache["calib_batches"] = list(calibration.batches(
-            ctx.analysis.graph, ctx.data, ctx.labels, ctx.spec.calibration.samples, ctx.spec.seed))
-    return ctx.cache["calib_batches"]
+    return calibration.cached(ctx.cache, ctx.analysis.graph, ctx.data, ctx.labels,
+                              ctx.spec.calibration.samples, ctx.spec.seed)
 
 
 def collect(ctx: ScoreContext, consumers: list[Consumer], products: list[Product] = ()) -> tuple[
@@ -493,6 +491,9 @@ def prepare(ctx: ScoreContext) -> None:
                           "skipped_consumers": p.skipped, "passes": len(chunks),
                           "samples": sum(calibration.batch_size(b) for b in _source(ctx)),
                           "data": "calibration" if ctx.data is not None else "data-free"}
+    if ctx.data is None:
+        ctx.cache["stats"]["data_free_inputs"] = ("bn-matched" if calibration.synthesizes(an.graph)
+                                                  else "gaussian")
 
 
 def compensate(ctx: ScoreContext, removed: np.ndarray, pruned: ModelProto) -> ModelProto:
