@@ -33,7 +33,8 @@ from pruning_core.verify import verify
 
 Progress = Callable[[str, float, str | None], None]
 
-STAGES = ["load", "analyze", "score", "select", "surgery", "verify", "compensate", "measure", "save"]
+STAGES = ["load", "analyze", "score", "select", "surgery", "verify", "compensate", "recover", "save",
+          "measure"]
 
 
 class VerificationError(PruneError):
@@ -135,6 +136,14 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
         stage("compensate", 0.0, f"{spec.criterion} weight compensation")
         pruned = crit.compensate(ctx, removed, pruned)
         done("compensate")
+
+    if spec.recover is not None:
+        from pruning_core import recover
+
+        stage("recover", 0.0, f"{spec.recover.method}, {spec.recover.steps} steps")
+        pruned = recover.recover(g.model, pruned, spec, calib, labels,
+                                 progress=lambda f, m: stage("recover", f, m))
+        done("recover")
 
     stage("save", 0.0, None)
     out.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,9 @@ class Criterion:
     prepare: Callable[[ScoreContext], None] | None = None
     # runs after surgery and verification (verification checks the uncompensated surgery)
     compensate: Compensate | None = None
+    # a criterion whose scores are comparable across groups as they are (AutoBot's gates, one
+    # global threshold) forces its normalizer; None = the spec's
+    normalizer: str | None = None
 
 
 CRITERIA: dict[str, Criterion] = {}
@@ -48,11 +51,12 @@ CRITERIA: dict[str, Criterion] = {}
 
 def register(name: str, *, needs_data: bool = False, doc: str = "",
              prepare: Callable[[ScoreContext], None] | None = None,
-             compensate: Compensate | None = None) -> Callable[[PlaceScores], PlaceScores]:
+             compensate: Compensate | None = None,
+             normalizer: str | None = None) -> Callable[[PlaceScores], PlaceScores]:
     def deco(fn: PlaceScores) -> PlaceScores:
         if name in CRITERIA:
             raise ValueError(f"criterion {name} registered twice")
-        CRITERIA[name] = Criterion(name, fn, needs_data, doc, prepare, compensate)
+        CRITERIA[name] = Criterion(name, fn, needs_data, doc, prepare, compensate, normalizer)
         return fn
 
     return deco
@@ -82,7 +86,7 @@ def score(ctx: ScoreContext) -> dict[int, np.ndarray]:
     prunable = [g for g in ctx.analysis.groups if g.prunable]
     for i, grp in enumerate(prunable):
         ps = crit.fn(ctx, grp)
-        out[grp.id] = lift(ps, ctx.spec.group_reduction, ctx.spec.normalizer)
+        out[grp.id] = lift(ps, ctx.spec.group_reduction, crit.normalizer or ctx.spec.normalizer)
         if ctx.progress is not None:
             ctx.progress((i + 1) / max(1, len(prunable)), None)
     return out
