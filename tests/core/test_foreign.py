@@ -95,3 +95,35 @@ def test_zip_without_a_model_is_refused(tmp_path: Path) -> None:
         zf.writestr("readme.txt", b"no model here")
     with pytest.raises(ModelLoadError, match="exactly one .onnx"):
         api.analyze(z)
+
+
+def test_op_without_rule_blocks_only_its_group(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    # conv a -> LpNormalization over channels (mixes them: no exact rule) -> conv b
+    # conv c -> Relu -> conv d: prunable as usual
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"]),
+        helper.make_node("LpNormalization", ["a"], ["an"], axis=1),
+        helper.make_node("Conv", ["an", "wb"], ["b"]),
+        helper.make_node("Conv", ["x", "wc"], ["c"]),
+        helper.make_node("Relu", ["c"], ["cr"]),
+        helper.make_node("Conv", ["cr", "wd"], ["d"]),
+        helper.make_node("Add", ["b", "d"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [init("wa", 8, 3, 1, 1), init("wb", 4, 8, 1, 1), init("wc", 8, 3, 1, 1), init("wd", 4, 8, 1, 1)])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    groups = {g["name"]: g for g in api.analyze(path)["groups"]}
+    assert not groups["wa"]["prunable"]
+    assert "LpNormalization" in groups["wa"]["reasons"][0] and "mixes channels" in groups["wa"]["reasons"][0]
+    assert groups["wc"]["prunable"]
+    res = api.prune(path, {"target": {"channels": 0.3}}, tmp_path / "out")
+    kept = {g["name"]: g["kept"] for g in res.report["groups"]}
+    assert kept["wa"] == 8 and kept["wc"] < 8 and res.report["verify"]["passed"]
