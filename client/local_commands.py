@@ -36,8 +36,11 @@ def _shape(text: str) -> tuple[str, list[int]]:
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("prune", help="prune a model file locally",
-                       description="Prune an ONNX model here and print a before/after table.")
+    p = sub.add_parser(
+        "prune",
+        help="prune a model file locally",
+        description="Prune an ONNX model here and print a before/after table.",
+    )
     p.add_argument("model", type=Path, help="input .onnx")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .onnx (or a folder)")
     tgt = p.add_mutually_exclusive_group()
@@ -56,8 +59,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_prune)
 
-    a = sub.add_parser("analyze", help="list a model's dependency groups",
-                       description="Load an ONNX model and list its coupled channel groups.")
+    a = sub.add_parser(
+        "analyze",
+        help="list a model's dependency groups",
+        description="Load an ONNX model and list its coupled channel groups.",
+    )
     a.add_argument("model", type=Path)
     a.add_argument("--input-shape", action="append", default=[], type=_shape, metavar="NAME=D1,D2,...")
     a.add_argument("--json", action="store_true", help="print JSON")
@@ -76,12 +82,25 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from pruning_core.errors import PruneError
     from pruning_core.spec import PruneSpec
 
-    target = ({"flops": args.flops} if args.flops is not None else {"params": args.params}
-              if args.params is not None else {"channels": args.channels if args.channels is not None else 0.3})
+    target = (
+        {"flops": args.flops}
+        if args.flops is not None
+        else {"params": args.params}
+        if args.params is not None
+        else {"channels": args.channels if args.channels is not None else 0.3}
+    )
     try:
-        spec = PruneSpec(target=target, criterion=args.criterion, scope=args.scope, round_to=args.round_to,
-                         max_group_ratio=args.max_group_ratio, ignore=args.ignore, seed=args.seed,
-                         approximate=args.approximate, input_shapes=dict(args.input_shape))
+        spec = PruneSpec(
+            target=target,
+            criterion=args.criterion,
+            scope=args.scope,
+            round_to=args.round_to,
+            max_group_ratio=args.max_group_ratio,
+            ignore=args.ignore,
+            seed=args.seed,
+            approximate=args.approximate,
+            input_shapes=dict(args.input_shape),
+        )
     except ValidationError as e:
         err = e.errors()[0]
         raise _usage(f"bad spec: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
@@ -92,6 +111,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     def progress(stage: str, frac: float, msg: str | None) -> None:
         if sys.stderr.isatty():
             sys.stderr.write(f"\r{stage:<8} {frac:5.0%} {msg or '':<50.50}")
+
     with tempfile.TemporaryDirectory() as tmp:
         try:
             res = prune(args.model, spec, tmp, data=args.data, progress=progress)
@@ -119,15 +139,19 @@ def format_table(rep: dict) -> str:
         return f"{name:<12}{before:>16,.{2 if unit else 0}f}{after:>16,.{2 if unit else 0}f}{change:>+10.1%} {unit}"
 
     gs = rep["groups_summary"]
-    lines = [f"{'':<12}{'before':>16}{'after':>16}{'change':>10}",
-             row("params", rep["params"]["before"], rep["params"]["after"]),
-             row("MACs", rep["macs"]["before"], rep["macs"]["after"]),
-             row("latency", rep["latency_ms"]["before"], rep["latency_ms"]["after"], "ms"),
-             f"groups: {gs['total']} total, {gs['prunable']} prunable, {gs['pruned']} pruned; "
-             f"channels removed {rep['channels']['removed']}/{rep['channels']['total']}",
-             f"verify: max error {rep['verify'].get('max_error', float('nan')):.3g} "
-             f"(tolerance {rep['verify'].get('tolerance', float('nan')):.3g}); "
-             f"output cosine vs original {rep['fidelity']['cosine']:.4f}"]
+    lines = [
+        f"{'':<12}{'before':>16}{'after':>16}{'change':>10}",
+        row("params", rep["params"]["before"], rep["params"]["after"]),
+        row("MACs", rep["macs"]["before"], rep["macs"]["after"]),
+        *([row("latency", rep["latency_ms"]["before"], rep["latency_ms"]["after"], "ms")]
+          if rep["latency_ms"]["before"] is not None else []),
+        f"groups: {gs['total']} total, {gs['prunable']} prunable, {gs['pruned']} pruned; "
+        f"channels removed {rep['channels']['removed']}/{rep['channels']['total']}",
+        f"verify: max error {rep['verify'].get('max_error', float('nan')):.3g} "
+        f"(tolerance {rep['verify'].get('tolerance', float('nan')):.3g})"
+        + (f"; output cosine vs original {rep['fidelity']['cosine']:.4f}"
+           if rep["fidelity"]["cosine"] is not None else ""),
+    ]
     return "\n".join(lines)
 
 
@@ -144,8 +168,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
-    print(f"{args.model.name}: {summary['params']:,} params, {summary['macs']:,} MACs, "
-          f"{summary['groups_total']} groups ({summary['groups_prunable']} prunable)")
+    print(
+        f"{args.model.name}: {summary['params']:,} params, {summary['macs']:,} MACs, "
+        f"{summary['groups_total']} groups ({summary['groups_prunable']} prunable)"
+    )
     for gr in summary["groups"]:
         state = "prunable" if gr["prunable"] else "fixed"
         why = f"  <- {gr['reasons'][0]}" if gr["reasons"] else ""

@@ -155,7 +155,7 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
     done("save")
 
     stage("measure", 0.0, "params, MACs, latency")
-    figures = _measure(g.model, an, removed, onnx_path, inputs)
+    figures = _measure(g.model, an, removed, onnx_path, inputs, spec.measure)
     done("measure")
 
     artifacts = {"pruned.onnx": onnx_path}
@@ -184,13 +184,18 @@ def _exact_only(an: Analysis, removed: np.ndarray) -> np.ndarray:
 
 
 def _measure(original: ModelProto, an: Analysis, removed: np.ndarray, pruned: Path,
-             inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+             inputs: dict[str, np.ndarray], timed: bool = True) -> dict[str, Any]:
     """Figures of the normalized original (constants folded like the result, so the ratio shows
     what pruning did) vs the pruned file; one session each."""
+    counts = {"params_before": an.params(), "params_after": an.params(removed),
+              "macs_before": an.macs(), "macs_after": an.macs(removed)}
+    if not timed:
+        none = {"median_ms": None, "runs": 0, "threads": 1}
+        return {**counts, "latency_before": none, "latency_after": none,
+                "fidelity": {"cosine": None, "max_rel_error": None}}
     before_sess, after_sess = metrics.session(original), metrics.session(pruned)
     return {
-        "params_before": an.params(), "params_after": an.params(removed),
-        "macs_before": an.macs(), "macs_after": an.macs(removed),
+        **counts,
         "latency_before": metrics.latency_ms(before_sess, inputs),
         "latency_after": metrics.latency_ms(after_sess, inputs),
         "fidelity": metrics.fidelity(metrics.run(before_sess, inputs), metrics.run(after_sess, inputs)),

@@ -91,7 +91,8 @@ class PruneSpec(BaseModel):
     autobot: AutoBotOptions = Field(default_factory=AutoBotOptions)
     outputs: list[Literal["onnx", "pt2", "plan"]] = Field(default_factory=lambda: ["onnx"])
     device: Literal["cpu", "cuda"] | None = None
-    verify: bool = True
+    verify: bool = True     # masked-equivalence check (a failing check fails the job)
+    measure: bool = True    # onnxruntime latency and output fidelity (params / MACs always)
     seed: int = 0
 
     @field_validator("criterion")
