@@ -322,7 +322,10 @@ class OnnxTwin(nn.Module):
                     f"initializer {init.name!r} has external data that was not loaded "
                     "(load the model with its external data first)"
                 )
-            value = tensor_from_proto(init)
+            try:
+                value = tensor_from_proto(init)
+            except TypeError as exc:  # string / float8 tensors: nothing torch can compute with
+                raise UnsupportedOpError(f"initializer {init.name!r}: {exc}") from exc
             self._onnx_dtypes[init.name] = init.data_type
             attr = self._unique_attr(init.name)
             if self._is_trainable(init.name, value, uses.get(init.name, []), trainable):

@@ -1,0 +1,77 @@
+"""Service settings (pydantic-settings, environment variables with the ``SPA_`` prefix).
+
+One object for the API, the worker and the CLI, so that both processes of a deployment read the
+same database, broker and storage from the same variables.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPA_", extra="ignore")
+
+    # Embedded defaults: everything lives under data_dir, nothing else to install.
+    data_dir: Path = Path(".spa")
+    database_url: str = ""  # "" -> sqlite:///<data_dir>/spa.db
+    broker_url: str = ""  # "" -> sqla+sqlite:///<data_dir>/broker.db (needs no server)
+
+    storage: Literal["local", "s3"] = "local"
+    storage_dir: Path | None = None  # local store; None -> <data_dir>/blobs
+    s3_bucket: str = "spa-artifacts"
+    s3_endpoint_url: str | None = None  # MinIO / moto; None -> AWS
+    s3_region: str = "us-east-1"
+    s3_prefix: str = ""
+
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1)  # 2 GiB; 413 above
+    auth_disabled: bool = False  # only honoured for loopback clients (see deps.py)
+
+    # Celery. Queue names are settings so that tests (and tenants of one Redis) can isolate.
+    queue_cpu: str = "cpu"
+    queue_gpu: str = "gpu"
+    broker_key_prefix: str = ""  # Redis only: namespace every broker key (shared Redis servers)
+    task_soft_time_limit: int = Field(3 * 3600, ge=1)
+    task_time_limit: int = Field(3 * 3600 + 300, ge=1)
+    visibility_timeout: int = Field(4 * 3600, ge=1)
+    # Recovery of jobs whose worker died (SIGKILL, OOM): a running job whose heartbeat is older
+    # than heartbeat_stale_s is re-queued once, then failed (max_attempts runs in total).
+    heartbeat_interval_s: float = Field(5.0, gt=0)
+    heartbeat_stale_s: float = Field(60.0, gt=0)
+    sweep_interval_s: float = Field(15.0, gt=0)
+    max_attempts: int = Field(2, ge=1, le=10)
+    # A model still "validating" this long after its last validation started is re-sent (its task
+    # was lost with a dead worker), within the same max_attempts.
+    validation_stale_s: float = Field(1800.0, gt=0)
+
+    @model_validator(mode="after")
+    def _fill_and_check(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'spa.db').as_posix()}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{(self.data_dir / 'broker.db').as_posix()}"
+        if self.storage_dir is None:
+            self.storage_dir = self.data_dir / "blobs"
+        # A message must stay invisible longer than the task may run, or the broker hands it to a
+        # second worker while the first is still busy; the soft limit must fire before the hard one.
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError("task_soft_time_limit must be below task_time_limit")
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ValueError("visibility_timeout must be above task_time_limit")
+        if self.heartbeat_stale_s <= self.heartbeat_interval_s:
+            raise ValueError("heartbeat_stale_s must be above heartbeat_interval_s")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

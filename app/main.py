@@ -1,0 +1,65 @@
+"""The FastAPI application: ``uvicorn app.main:app`` (settings from SPA_* variables).
+
+Never imports torch, onnx or the worker's tasks: it validates specs with the pydantic PruneSpec,
+stores uploads as opaque bytes and sends tasks by name.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from app.config import Settings, get_settings
+from app.db.session import get_sessionmaker
+from app.errors import Problem, install_handlers
+from app.metrics import Metrics
+from app.routes import datasets, health, jobs, models
+from app.storage import make_store
+from app.web import pages
+
+log = logging.getLogger("spa.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    from worker.celery_app import make_celery  # Celery config only
+
+    app = FastAPI(
+        title="SPA service",
+        version="1.0.0",
+        description="Structured pruning of neural networks: upload a model, submit a pruning spec, "
+        "poll the job, download the pruned model. Errors are RFC 9457 `application/problem+json`.",
+    )
+    app.state.settings = settings
+    app.state.sessionmaker = get_sessionmaker(settings.database_url)
+    app.state.store = make_store(settings)
+    app.state.celery = make_celery(settings)
+    app.state.metrics = Metrics(app.state.sessionmaker)
+    app.state.metrics.install(app)
+    install_handlers(app)
+    for module in (models, datasets, jobs, health):
+        app.include_router(module.router)
+    app.include_router(pages.router)
+    _add_problem_schema(app)
+    return app
+
+
+def _add_problem_schema(app: FastAPI) -> None:
+    """Routes reference #/components/schemas/Problem; make sure it is in the document."""
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = Problem.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+app = create_app()

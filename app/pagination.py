@@ -1,0 +1,31 @@
+"""Keyset pagination, newest first: stable under concurrent inserts (offsets are not)."""
+
+from __future__ import annotations
+
+import binascii
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from app.errors import ProblemError
+from app.schemas import decode_cursor, encode_cursor
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+
+def paginate(
+    session: Session, stmt: sa.Select[Any], cls: Any, limit: int, cursor: str | None
+) -> tuple[list[Any], str | None]:
+    if cursor:
+        try:
+            at, id_ = decode_cursor(cursor)
+        except (ValueError, binascii.Error, UnicodeDecodeError) as e:
+            raise ProblemError(422, "malformed cursor") from e
+        stmt = stmt.where(sa.or_(cls.created_at < at, sa.and_(cls.created_at == at, cls.id < id_)))
+    rows = list(
+        session.execute(stmt.order_by(cls.created_at.desc(), cls.id.desc()).limit(limit + 1)).scalars()
+    )
+    next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
+    return rows[:limit], next_cursor

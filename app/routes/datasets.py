@@ -1,0 +1,116 @@
+"""/v1/datasets: calibration / evaluation data as .npz (arrays named after model inputs)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Path, Query, Request, Response
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from app.config import Settings
+from app.db.models import Dataset, Model
+from app.deps import OwnerDep, SessionDep, SettingsDep, StoreDep
+from app.errors import ProblemError, not_found, problems
+from app.npz import BadNpz, check_names, read_npz_header
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
+from app.schemas import DatasetOut, Page
+from app.storage import BlobStore
+from app.uploads import Upload, multipart_openapi, receive_upload
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    summary="Upload calibration / evaluation data (.npz)",
+    description="Arrays named after the model's inputs, plus an optional `labels`. Give `model_id` "
+    "(a form field before the file) to have the names checked against that model now.",
+    responses={
+        200: {"model": DatasetOut, "description": "the same bytes were uploaded before"},
+        **problems(400, 401, 403, 404, 413, 415, 422),
+    },
+    openapi_extra=multipart_openapi("the .npz file", {"model_id": {"type": "string"}}),
+)
+async def upload_dataset(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    session: SessionDep,
+    store: StoreDep,
+    owner: OwnerDep,
+) -> Dataset:
+    upload = await receive_upload(request, store, settings.max_upload_bytes)
+    return await run_in_threadpool(_register_dataset, upload, response, settings, session, store, owner)
+
+
+def _register_dataset(
+    upload: Upload, response: Response, settings: Settings, session: Session, store: BlobStore, owner: str
+) -> Dataset:
+    try:
+        if not upload.filename.lower().endswith(".npz"):
+            raise ProblemError(415, f"unsupported dataset file {upload.filename!r}: send an .npz")
+        try:
+            arrays = read_npz_header(upload.staged.path, max_unpacked=settings.max_upload_bytes * 4)
+            if model_id := upload.fields.get("model_id"):
+                model = session.get(Model, model_id)
+                if model is None or model.owner_id != owner:
+                    raise not_found("model")
+                check_names(arrays, model.summary)
+        except BadNpz as e:
+            raise ProblemError(422, str(e), title="Invalid dataset") from e
+        existing = session.execute(
+            sa.select(Dataset).where(Dataset.owner_id == owner, Dataset.sha256 == upload.sha256)
+        ).scalar_one_or_none()
+        if existing is not None:
+            response.status_code = 200
+            return existing
+        store.put_file(upload.staged.path, upload.sha256)
+    finally:
+        upload.staged.discard()
+    dataset = Dataset(
+        owner_id=owner, sha256=upload.sha256, size=upload.size, filename=upload.filename[:255], arrays=arrays
+    )
+    session.add(dataset)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        response.status_code = 200
+        return session.execute(
+            sa.select(Dataset).where(Dataset.owner_id == owner, Dataset.sha256 == upload.sha256)
+        ).scalar_one()
+    response.headers["Location"] = f"/v1/datasets/{dataset.id}"
+    return dataset
+
+
+@router.get(
+    "", response_model=Page[DatasetOut], summary="List your datasets", responses=problems(401, 403, 422)
+)
+def list_datasets(
+    session: SessionDep,
+    owner: OwnerDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict:
+    items, next_cursor = paginate(
+        session, sa.select(Dataset).where(Dataset.owner_id == owner), Dataset, limit, cursor
+    )
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@router.get(
+    "/{dataset_id}", response_model=DatasetOut, summary="One dataset", responses=problems(401, 403, 404, 422)
+)
+def get_dataset(
+    session: SessionDep, owner: OwnerDep, dataset_id: Annotated[str, Path(pattern=ID_PATTERN)]
+) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.owner_id != owner:
+        raise not_found("dataset")
+    return dataset

@@ -1,0 +1,67 @@
+"""/livez, /readyz (DB, broker, storage), /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.errors import PROBLEM_MEDIA_TYPE, problems
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/livez", summary="Liveness: the process answers")
+def livez() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _check(fn: Any) -> str:
+    try:
+        fn()
+        return "ok"
+    except Exception as e:
+        return f"error: {type(e).__name__}: {str(e)[:200]}"
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: database, broker and storage are usable",
+    responses={200: {"description": "ready"}, **problems(503)},
+)
+def readyz(request: Request) -> JSONResponse:
+    state = request.app.state
+
+    def db() -> None:
+        with state.sessionmaker() as s:
+            s.execute(sa.text("SELECT 1"))
+
+    def broker() -> None:
+        with state.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+
+    checks = {"database": _check(db), "broker": _check(broker), "storage": _check(state.store.check)}
+    ok = all(v == "ok" for v in checks.values())
+    if ok:
+        return JSONResponse({"status": "ready", "checks": checks})
+    body = {
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "not ready",
+        "checks": checks,
+    }
+    return JSONResponse(body, status_code=503, media_type=PROBLEM_MEDIA_TYPE)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

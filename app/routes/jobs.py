@@ -1,0 +1,267 @@
+"""/v1/jobs: submit (idempotent), list, get, events, cancel, artifacts.
+
+The job row (and its first event) is committed before the task is sent: a worker that picks the
+message up at once always finds the row, and the row, not Celery, says what state the job is in."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import IntegrityError
+
+from app import jobstate
+from app.db.models import Dataset, Job, JobEvent, Model
+from app.deps import OwnerDep, SenderDep, SessionDep, SettingsDep, StoreDep
+from app.errors import ProblemError, not_found, problems
+from app.npz import BadNpz, check_names
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
+from app.schemas import CancelOut, EventList, EventOut, JobCreate, JobOut, Page
+from worker.celery_app import TASK_RUN_JOB
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+ID_PATTERN = r"^[0-9a-f]{32}$"
+ARTIFACT_PATTERN = r"^[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,99}$"
+JobIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="job id (32 hex digits)")]
+
+
+def job_out(job: Job) -> JobOut:
+    artifacts = [
+        {"name": name, "size": a["size"], "sha256": a["sha256"], "url": f"/v1/jobs/{job.id}/artifacts/{name}"}
+        for name, a in sorted((job.artifacts or {}).items())
+    ]
+    return JobOut(
+        id=job.id,
+        model_id=job.model_id,
+        dataset_id=job.dataset_id,
+        state=job.state,
+        stage=job.stage,
+        progress=job.progress,
+        attempts=job.attempts,
+        queue=job.queue,
+        spec=job.spec,
+        summary=job.summary,
+        artifacts=artifacts,  # type: ignore[arg-type]
+        error=job.error,
+        error_code=job.error_code,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+def _owned_job(session: SessionDep, owner: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.owner_id != owner:
+        raise not_found("job")
+    return job
+
+
+def _request_hash(model_id: str, dataset_id: str | None, spec: dict[str, Any]) -> str:
+    canonical = json.dumps({"model_id": model_id, "dataset_id": dataset_id, "spec": spec}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(job: Job, request_hash: str, response: Response) -> JobOut:
+    if job.request_hash != request_hash:
+        raise ProblemError(
+            422,
+            "this Idempotency-Key was already used with a different request body",
+            title="Idempotency key reused",
+        )
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.headers["Idempotent-Replayed"] = "true"
+    return job_out(job)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    summary="Submit a pruning job",
+    description="Answers 202 with `Location`. With an `Idempotency-Key` header, the same key and the "
+    "same body give the same job again; the same key with another body is a 422.",
+    responses=problems(401, 403, 404, 422, 503),
+)
+def create_job(
+    body: JobCreate,
+    response: Response,
+    settings: SettingsDep,
+    session: SessionDep,
+    sender: SenderDep,
+    owner: OwnerDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobOut:
+    spec = body.spec.model_dump(mode="json")
+    dataset_id = body.dataset_id or body.spec.calibration.dataset_id
+    if dataset_id:
+        spec["calibration"]["dataset_id"] = dataset_id
+    request_hash = _request_hash(body.model_id, dataset_id, spec)
+    if idempotency_key:
+        prior = session.execute(
+            sa.select(Job).where(Job.owner_id == owner, Job.idempotency_key == idempotency_key)
+        ).scalar_one_or_none()
+        if prior is not None:
+            return _replay(prior, request_hash, response)
+
+    model = session.get(Model, body.model_id)
+    if model is None or model.owner_id != owner:
+        raise not_found("model")
+    if model.state == "invalid":
+        raise ProblemError(422, f"the model is invalid: {model.reason}", title="Invalid model")
+    if dataset_id:
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None or dataset.owner_id != owner:
+            raise not_found("dataset")
+        try:
+            check_names(dataset.arrays, model.summary)  # now if the model is analysed; else the worker
+        except BadNpz as e:
+            raise ProblemError(
+                422, f"the dataset does not fit the model: {e}", title="Invalid dataset"
+            ) from e
+
+    queue = settings.queue_gpu if body.spec.device == "cuda" else settings.queue_cpu
+    job = Job(
+        owner_id=owner,
+        model_id=model.id,
+        dataset_id=dataset_id,
+        spec=spec,
+        request_hash=request_hash,
+        idempotency_key=idempotency_key,
+        queue=queue,
+    )
+    session.add(job)
+    try:
+        session.flush()
+        jobstate.add_event(session, job.id, "state", message=f"queued on {queue}")
+        session.commit()
+    except IntegrityError:  # a parallel request with the same Idempotency-Key won
+        session.rollback()
+        prior = session.execute(
+            sa.select(Job).where(Job.owner_id == owner, Job.idempotency_key == idempotency_key)
+        ).scalar_one()
+        return _replay(prior, request_hash, response)
+    try:
+        sender.send_task(TASK_RUN_JOB, args=[job.id], queue=queue)
+    except Exception as e:
+        # Nothing half-written: a job that can never run must not stay behind as "queued".
+        jobstate.delete_unsent(session, job.id)
+        session.commit()
+        raise ProblemError(503, "the task broker is unavailable; the job was not queued") from e
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    session.refresh(job)
+    return job_out(job)
+
+
+@router.get(
+    "", response_model=Page[JobOut], summary="List your jobs, newest first", responses=problems(401, 403, 422)
+)
+def list_jobs(
+    session: SessionDep,
+    owner: OwnerDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    state: Annotated[
+        str | None, Query(pattern=r"^(queued|running|cancelling|succeeded|failed|cancelled)$")
+    ] = None,
+) -> dict:
+    stmt = sa.select(Job).where(Job.owner_id == owner)
+    if state:
+        stmt = stmt.where(Job.state == state)
+    items, next_cursor = paginate(session, stmt, Job, limit, cursor)
+    return {"items": [job_out(j) for j in items], "next_cursor": next_cursor}
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="One job", responses=problems(401, 403, 404, 422))
+def get_job(session: SessionDep, owner: OwnerDep, job_id: JobIdPath) -> JobOut:
+    return job_out(_owned_job(session, owner, job_id))
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=EventList,
+    summary="The job's events in order (state, stage, progress, log)",
+    responses=problems(401, 403, 404, 422),
+)
+def job_events(
+    session: SessionDep,
+    owner: OwnerDep,
+    job_id: JobIdPath,
+    after: Annotated[int, Query(ge=0, description="only events with seq > after")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> EventList:
+    _owned_job(session, owner, job_id)
+    rows = session.execute(
+        sa.select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.seq > after)
+        .order_by(JobEvent.seq)
+        .limit(limit)
+    ).scalars()
+    items = [EventOut.model_validate(r) for r in rows]
+    return EventList(items=items, next_after=items[-1].seq if items else after)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=CancelOut,
+    status_code=202,
+    summary="Cancel a queued or running job (best effort)",
+    description="A queued job is cancelled at once and never runs; a running one becomes `cancelling` "
+    "and stops at its next progress point. 409 when the job has already finished.",
+    responses={
+        200: {"model": CancelOut, "description": "already cancelling"},
+        **problems(401, 403, 404, 409, 422),
+    },
+)
+def cancel_job(session: SessionDep, owner: OwnerDep, job_id: JobIdPath, response: Response) -> CancelOut:
+    _owned_job(session, owner, job_id)
+    outcome = jobstate.request_cancel(session, job_id)
+    session.commit()
+    if not outcome.changed:
+        if outcome.state == "cancelling":
+            response.status_code = 200
+        else:
+            raise ProblemError(409, f"the job has already finished ({outcome.state})", state=outcome.state)
+    return CancelOut(id=job_id, state=outcome.state)
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    summary="Download an artifact (pruned.onnx, report.json, ...)",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the artifact's bytes"},
+        **problems(401, 403, 404, 422),
+    },
+)
+def download_artifact(
+    session: SessionDep,
+    store: StoreDep,
+    owner: OwnerDep,
+    job_id: JobIdPath,
+    name: Annotated[str, Path(pattern=ARTIFACT_PATTERN)],
+) -> StreamingResponse:
+    job = _owned_job(session, owner, job_id)
+    art = (job.artifacts or {}).get(name)
+    if art is None:
+        raise not_found("artifact")
+    media = (
+        "application/json"
+        if name.endswith(".json")
+        else "text/html"
+        if name.endswith(".html")
+        else "application/octet-stream"
+    )
+    return StreamingResponse(
+        store.iter_bytes(art["sha256"]),
+        media_type=media,
+        headers={
+            "Content-Length": str(art["size"]),
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "ETag": f'"{art["sha256"]}"',
+        },
+    )

@@ -1,0 +1,116 @@
+"""Response bodies (also the OpenAPI schemas)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pruning_core.spec import PruneSpec
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null on the last")
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    filename: str
+    format: str
+    size: int
+    sha256: str
+    state: str = Field(description="validating | ready | invalid")
+    reason: str | None = Field(None, description="why the model is invalid")
+    summary: dict[str, Any] | None = Field(None, description="params, macs, inputs, outputs, groups_total...")
+    created_at: datetime
+
+
+class GroupsOut(BaseModel):
+    model_id: str
+    state: str
+    groups: list[Any]
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    filename: str
+    size: int
+    sha256: str
+    arrays: dict[str, Any] = Field(description="array name -> {shape, dtype}")
+    created_at: datetime
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str = Field(min_length=1, max_length=64)
+    spec: PruneSpec = Field(default_factory=PruneSpec)
+    dataset_id: str | None = Field(None, max_length=64)
+
+
+class ArtifactOut(BaseModel):
+    name: str
+    size: int
+    sha256: str
+    url: str
+
+
+class JobOut(BaseModel):
+    id: str
+    model_id: str
+    dataset_id: str | None
+    state: str = Field(description="queued | running | cancelling | succeeded | failed | cancelled")
+    stage: str | None
+    progress: float
+    attempts: int
+    queue: str
+    spec: dict[str, Any]
+    summary: dict[str, Any] | None = Field(
+        None, description="before/after params, MACs, latency, verify error"
+    )
+    artifacts: list[ArtifactOut]
+    error: str | None
+    error_code: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    seq: int
+    at: datetime
+    kind: str = Field(description="state | stage | progress | log")
+    stage: str | None
+    progress: float | None
+    message: str | None
+
+
+class EventList(BaseModel):
+    items: list[EventOut]
+    next_after: int = Field(description="pass as ?after= to get only newer events")
+
+
+class CancelOut(BaseModel):
+    id: str
+    state: str
+
+
+def encode_cursor(created_at: datetime, id_: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{id_}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    at, _, id_ = raw.partition("|")
+    return datetime.fromisoformat(at), id_

@@ -1,0 +1,146 @@
+"""Streaming multipart uploads: the file part goes chunk by chunk into a hashed staging file with a
+hard size limit, so a 2 GiB model never sits in memory and an oversized one is cut off (413) as
+soon as it passes the limit, with the partial file removed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from app.errors import ProblemError
+from app.storage import BlobStore, StagedFile, TooLarge
+
+MAX_FIELD_BYTES = 64 * 1024  # non-file form fields
+MULTIPART_OVERHEAD = 64 * 1024  # Content-Length slack for boundaries and part headers
+
+
+@dataclass
+class Upload:
+    staged: StagedFile
+    filename: str
+    sha256: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.staged.size
+
+
+def _too_large(limit: int) -> ProblemError:
+    return ProblemError(413, f"upload larger than the limit of {limit} bytes", title="Upload too large")
+
+
+async def receive_upload(request: Request, store: BlobStore, limit: int, file_field: str = "file") -> Upload:
+    """Parse a multipart/form-data body with one file part named ``file_field``."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise ProblemError(415, "send the file as multipart/form-data with a part named 'file'")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
+        raise _too_large(limit)  # refuse before reading a byte
+
+    staged: StagedFile | None = None
+    state: dict[str, Any] = {"headers": {}, "hname": b"", "hval": b"", "part": None, "name": None, "buf": b""}
+    fields: dict[str, str] = {}
+    filename = ""
+    errors: list[ProblemError] = []
+
+    def on_part_begin() -> None:
+        state["headers"] = {}
+        state["part"] = None
+        state["buf"] = b""
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["hname"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["hval"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["hname"].lower()] = state["hval"]
+        state["hname"], state["hval"] = b"", b""
+
+    def on_headers_finished() -> None:
+        nonlocal staged, filename
+        _, disp = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        name = disp.get(b"name", b"").decode("utf-8", "replace")
+        state["name"] = name
+        if b"filename" in disp and name == file_field:
+            if staged is not None:
+                errors.append(ProblemError(422, f"send exactly one '{file_field}' part"))
+                state["part"] = "skip"
+                return
+            filename = disp[b"filename"].decode("utf-8", "replace")
+            staged = store.stage(limit)
+            state["part"] = "file"
+        elif b"filename" in disp:
+            state["part"] = "skip"  # unknown file parts are ignored, not stored
+        else:
+            state["part"] = "field"
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state["part"] == "file":
+            assert staged is not None
+            staged.write(data[start:end])  # raises TooLarge
+        elif state["part"] == "field":
+            state["buf"] += data[start:end]
+            if len(state["buf"]) > MAX_FIELD_BYTES:
+                raise ProblemError(413, f"form field {state['name']!r} is too large")
+
+    def on_part_end() -> None:
+        if state["part"] == "field":
+            fields[state["name"]] = state["buf"].decode("utf-8", "replace")
+
+    parser = MultipartParser(
+        params[b"boundary"],
+        {
+            "on_part_begin": on_part_begin,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+        },
+    )
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+        if errors:
+            raise errors[0]
+        if staged is None:
+            raise ProblemError(422, f"no file part named '{file_field}' in the form")
+        sha = staged.finish()
+    except TooLarge:
+        if staged is not None:
+            staged.discard()
+        raise _too_large(limit) from None
+    except ProblemError:
+        if staged is not None:
+            staged.discard()
+        raise
+    except Exception as e:  # malformed multipart body
+        if staged is not None:
+            staged.discard()
+        raise ProblemError(400, f"malformed multipart body: {e}") from e
+    return Upload(staged=staged, filename=filename, sha256=sha, fields=fields)
+
+
+def multipart_openapi(description: str, extra_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """requestBody for routes that parse the stream themselves (FastAPI cannot infer it)."""
+    props: dict[str, Any] = {"file": {"type": "string", "format": "binary", "description": description}}
+    props.update(extra_fields or {})
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"], "properties": props}
+                }
+            },
+        }
+    }

@@ -1,0 +1,331 @@
+"""The `spa` command line.
+
+Remote commands talk to a server (--server, SPA_SERVER; key from --api-key or SPA_API_KEY);
+`spa serve` runs the embedded server; `spa prune` / `spa analyze` run locally (client.local_commands).
+Exit codes: 0 done, 1 job failed or cancelled, 2 usage or bad input. Errors are one line on stderr.
+Nothing heavy is imported at module level: `spa --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
+MODEL_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class UsageError(Exception):
+    """Bad input from the user: one line on stderr, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not usage + error
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from client.http import SpaClient
+
+    return SpaClient(getattr(args, "server", None), getattr(args, "api_key", None))
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a fraction strictly between 0 and 1")
+    return value
+
+
+def _job_exit(job: dict[str, Any]) -> int:
+    if job["state"] == "succeeded":
+        return EXIT_OK
+    if job["state"] in ("failed", "cancelled"):
+        reason = job.get("error") or job["state"]
+        sys.stderr.write(f"spa: job {job['id']} {job['state']}: {reason}\n")
+        return EXIT_JOB_FAILED
+    return EXIT_OK
+
+
+def _wait(client: Any, job_id: str, timeout: float | None) -> dict[str, Any]:
+    from client.progress import ProgressBar
+
+    bar = ProgressBar()
+    return client.wait(job_id, timeout=timeout, on_update=bar.update)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec: dict[str, Any] = {}
+    if args.spec:
+        try:
+            spec = json.loads(Path(args.spec).read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read spec {args.spec}: {e}") from e
+        if not isinstance(spec, dict):
+            raise UsageError(f"spec {args.spec} is not a JSON object")
+    targets = {k: getattr(args, k) for k in ("flops", "params", "channels") if getattr(args, k) is not None}
+    if len(targets) > 1:
+        raise UsageError("give at most one of --flops, --params, --channels")
+    if targets:
+        spec["target"] = targets
+    if args.criterion:
+        spec["criterion"] = args.criterion
+    with _client(args) as client:
+        model_path = Path(args.model)
+        if model_path.is_file():
+            model = client.upload_model(model_path)
+            print(f"model {model['id']} ({model['state']})", file=sys.stderr)
+            model_id = model["id"]
+        elif MODEL_ID.match(args.model):
+            model_id = args.model
+        else:
+            raise UsageError(f"{args.model}: no such file (and not a model id)")
+        dataset_id = None
+        if args.data:
+            if not Path(args.data).is_file():
+                raise UsageError(f"{args.data}: no such file")
+            dataset_id = client.upload_dataset(args.data, model_id=model_id)["id"]
+        job = client.submit(model_id, spec, dataset_id=dataset_id, idempotency_key=args.idempotency_key)
+        print(job["id"])
+        if not (args.wait or args.download):
+            return EXIT_OK
+        job = _wait(client, job["id"], args.timeout)
+        code = _job_exit(job)
+        if code == EXIT_OK and args.download:
+            for path in client.download(job["id"], args.download):
+                print(path, file=sys.stderr)
+        return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.get_job(args.job)
+    print(json.dumps(job, indent=2))
+    return _job_exit(job)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = _wait(client, args.job, args.timeout)
+    if job.get("summary"):
+        print(json.dumps(job["summary"], indent=2))
+    return _job_exit(job)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.get_job(args.job)
+        if job["state"] != "succeeded":
+            raise UsageError(f"job {args.job} is {job['state']}; nothing to download")
+        for path in client.download(args.job, args.dir, names=args.name or None):
+            print(path)
+    return EXIT_OK
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        page = client.list_jobs(limit=args.limit, state=args.state)
+    rows = [
+        [j["id"], j["state"], j.get("stage") or "", f"{j['progress'] * 100:.0f}%", j["created_at"][:19]]
+        for j in page["items"]
+    ]
+    _table(rows, ["ID", "STATE", "STAGE", "PROGRESS", "CREATED"])
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        page = client.list_models(limit=args.limit)
+    rows = [
+        [
+            m["id"],
+            m["state"],
+            m["filename"],
+            str((m.get("summary") or {}).get("params", "")),
+            m["created_at"][:19],
+        ]
+        for m in page["items"]
+    ]
+    _table(rows, ["ID", "STATE", "FILE", "PARAMS", "CREATED"])
+    return EXIT_OK
+
+
+def _db_url(args: argparse.Namespace) -> str:
+    from app.config import Settings
+
+    return args.database_url or Settings().database_url
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from app.db.migrate import upgrade
+
+    url = _db_url(args)
+    upgrade(url)
+    print(f"database at revision head ({url.split('@')[-1]})", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_create_key(args: argparse.Namespace) -> int:
+    from app.apikeys import create_key
+    from app.db.session import session_scope
+
+    try:
+        with session_scope(_db_url(args)) as session:
+            row, plain = create_key(session, args.name)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    print(plain)
+    print(f"key {row.id} ({row.name}) created; it is shown only now", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from client.serve import serve
+
+    return serve(host=args.host, port=args.port, data_dir=Path(args.data_dir), auth=args.auth)
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def _add_local_commands(sub: Any) -> None:
+    """`spa prune` / `spa analyze` run the library here; their module is optional."""
+    try:
+        from client import local_commands
+    except ImportError as e:
+        reason = f"local commands are unavailable ({e}); install the package with its core dependencies"
+
+        def unavailable(_: argparse.Namespace) -> int:
+            raise UsageError(reason)
+
+        for name in ("prune", "analyze"):
+            p = sub.add_parser(name, help=f"(unavailable) local {name}")
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=unavailable)
+        return
+    local_commands.add_parsers(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="spa", description="Structured pruning as a service: client, server and local tools."
+    )
+    remote = _Parser(add_help=False)
+    remote.add_argument(
+        "--server",
+        default=argparse.SUPPRESS,
+        help="server URL (default: $SPA_SERVER or http://127.0.0.1:8000)",
+    )
+    remote.add_argument("--api-key", default=argparse.SUPPRESS, help="API key (default: $SPA_API_KEY)")
+    parser.add_argument("--server", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--api-key", default=None, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("serve", help="run the embedded server (SQLite, local files, a worker beside it)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir", default=".spa", help="database, queue and artifacts (default .spa)")
+    p.add_argument("--auth", action="store_true", help="require API keys (always on for non-loopback hosts)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "submit", parents=[remote], help="upload a model (or give its id) and submit a pruning job"
+    )
+    p.add_argument("model", help="a .onnx / .zip / .pt2 file, or a model id")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--flops", type=_fraction, help="fraction of FLOPs to remove")
+    target.add_argument("--params", type=_fraction, help="fraction of parameters to remove")
+    target.add_argument("--channels", type=_fraction, help="fraction of channels to remove")
+    p.add_argument("--criterion", help="importance criterion (default l1)")
+    p.add_argument("--spec", help="a JSON file with the full spec (flags override it)")
+    p.add_argument("--data", help="calibration data (.npz, arrays named after the model inputs)")
+    p.add_argument("--idempotency-key", help="resubmitting with the same key returns the same job")
+    p.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
+    p.add_argument("--download", metavar="DIR", help="wait, then download the artifacts into DIR")
+    p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", parents=[remote], help="show a job (JSON)")
+    p.add_argument("job")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("wait", parents=[remote], help="wait for a job with a progress bar")
+    p.add_argument("job")
+    p.add_argument("--timeout", type=float, default=None)
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("download", parents=[remote], help="download a job's artifacts")
+    p.add_argument("job")
+    p.add_argument("dir")
+    p.add_argument("--name", action="append", help="only this artifact (repeatable)")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("jobs", parents=[remote], help="list your jobs")
+    p.add_argument("--state")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("models", parents=[remote], help="list your models")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("admin", help="administration (direct database access)")
+    admin = p.add_subparsers(dest="admin_command", metavar="ACTION", parser_class=_Parser, required=True)
+    k = admin.add_parser("create-key", help="create an API key and print it once")
+    k.add_argument("name")
+    k.add_argument("--database-url", help="default: $SPA_DATABASE_URL or the embedded SQLite")
+    k.set_defaults(func=cmd_create_key)
+
+    p = sub.add_parser("db", help="database schema")
+    db = p.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser, required=True)
+    u = db.add_parser("upgrade", help="apply the Alembic migrations")
+    u.add_argument("--database-url", help="default: $SPA_DATABASE_URL or the embedded SQLite")
+    u.set_defaults(func=cmd_db_upgrade)
+
+    _add_local_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    from client.http import SpaError
+
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        sys.stderr.write(f"spa: error: {e}\n")
+    except SpaError as e:
+        sys.stderr.write(f"spa: error: {e}\n")
+    except TimeoutError as e:
+        sys.stderr.write(f"spa: error: {e}\n")
+    except KeyboardInterrupt:
+        sys.stderr.write("spa: interrupted\n")
+        return 130
+    except Exception as e:  # never a traceback for the user; the message names the problem
+        sys.stderr.write(f"spa: error: {type(e).__name__}: {e}\n")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""`spa serve`: the embedded deployment in one command.
+
+SQLite database, a local artifact directory, and a Celery worker started beside the API on kombu's
+SQLAlchemy transport over a SQLite file (a broker that needs no server). Without --auth the server
+answers loopback clients only, and says so at start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from app.deps import is_loopback
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Linux: the worker gets SIGTERM if `spa serve` dies without cleaning up (SIGKILL, crash).
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def embedded_env(data_dir: Path, auth: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    env["SPA_DATA_DIR"] = str(data_dir)
+    env["SPA_AUTH_DISABLED"] = "0" if auth else "1"
+    # Explicit SPA_DATABASE_URL / SPA_BROKER_URL / SPA_STORAGE from the environment are kept: the
+    # same command then serves a PostgreSQL / Redis / S3 setup for a quick production smoke test.
+    return env
+
+
+def start_worker(env: dict[str, str], queues: str, log_file: Path) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "-Q", queues, "-c", "1", "--pool", "prefork", "-l", "INFO",
+        "-n", f"spa-embedded-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    log = log_file.open("ab")
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+
+
+def stop_worker(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGTERM)  # warm shutdown: the main process stops its pool children
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        # A job still running: kill it; the sweeper re-runs it when the server starts again.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def serve(*, host: str, port: int, data_dir: Path, auth: bool) -> int:
+    if not auth and not is_loopback(host):
+        sys.stderr.write(
+            f"spa: error: refusing to serve {host} without authentication; bind 127.0.0.1 or pass --auth\n"
+        )
+        return 2
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = embedded_env(data_dir, auth)
+    os.environ.update(env)
+
+    from app.config import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    from app.db.migrate import upgrade
+
+    upgrade(settings.database_url)
+    import uvicorn
+
+    from app.main import create_app
+
+    app = create_app(settings)
+    worker = start_worker(env, f"{settings.queue_cpu},{settings.queue_gpu}", data_dir / "worker.log")
+    mode = "API keys required" if auth else "authentication OFF (loopback clients only)"
+    sys.stderr.write(
+        f"SPA embedded server on http://{host}:{port}  [{mode}]\n"
+        f"  data: {data_dir}  (database {settings.database_url}, worker log {data_dir / 'worker.log'})\n"
+    )
+    sys.stderr.flush()
+
+    # uvicorn re-raises SIGTERM / SIGINT after its graceful shutdown; with the default handler the
+    # process would die right there and leave the worker behind. Turn them into SystemExit instead.
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _exit)
+    signal.signal(signal.SIGINT, _exit)
+    code = 0
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    except SystemExit as e:  # ours (a signal: 0) or uvicorn's (cannot bind the port: 1)
+        code = 0 if e.code in (0, None) else 2
+    finally:
+        sys.stderr.write("stopping the worker...\n")
+        stop_worker(worker)
+    if code:
+        sys.stderr.write(f"spa: error: could not serve on {host}:{port} (port in use?)\n")
+    return code

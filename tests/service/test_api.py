@@ -1,0 +1,380 @@
+"""The REST API without a worker: uploads, validation, auth, tenancy, idempotency, pagination,
+cancel of queued jobs, health. Each runs on PostgreSQL+Redis and on SQLite+SQLAlchemy broker."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from app.config import Settings
+from app.db.models import Dataset, Job, JobEvent, Model
+from app.db.session import session_scope
+from tests.service.conftest import make_client, problem, upload
+
+SPEC = {"target": {"flops": 0.5}, "criterion": "l1"}
+
+
+def counts(settings: Settings) -> dict[str, int]:
+    with session_scope(settings.database_url) as s:
+        return {
+            cls.__tablename__: s.execute(sa.select(sa.func.count()).select_from(cls)).scalar_one()
+            for cls in (Model, Dataset, Job, JobEvent)
+        }
+
+
+def stored_blobs(settings: Settings) -> list[Path]:
+    """Everything in the local store, staging included: a failed upload must leave nothing."""
+    assert settings.storage_dir is not None
+    return (
+        sorted(p for p in settings.storage_dir.rglob("*") if p.is_file())
+        if settings.storage_dir.exists()
+        else []
+    )
+
+
+def model_id(api: Any, auth: dict[str, str], path: Path) -> str:
+    r = upload(api, auth, path)
+    assert r.status_code in (200, 201), r.text
+    return r.json()["id"]
+
+
+def test_openapi_documents_every_route_and_error(api: Any) -> None:
+    doc = api.get("/openapi.json").json()
+    assert "Problem" in doc["components"]["schemas"]
+    assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert doc["paths"]["/v1/jobs"]["post"]["security"] == [{"HTTPBearer": []}]
+    post_jobs = doc["paths"]["/v1/jobs"]["post"]["responses"]
+    assert {"202", "401", "404", "422", "503"} <= set(post_jobs)
+    assert set(post_jobs["422"]["content"]) == {"application/problem+json"}
+    assert post_jobs["422"]["content"]["application/problem+json"]["schema"] == {
+        "$ref": "#/components/schemas/Problem"
+    }
+    assert {"201", "200", "413", "415", "422"} <= set(doc["paths"]["/v1/models"]["post"]["responses"])
+    assert "multipart/form-data" in doc["paths"]["/v1/models"]["post"]["requestBody"]["content"]
+    assert {"409", "404"} <= set(doc["paths"]["/v1/jobs/{job_id}/cancel"]["post"]["responses"])
+    for path in ("/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/artifacts/{name}", "/v1/models/{model_id}/groups",
+                 "/v1/datasets", "/livez", "/readyz", "/metrics"):  # fmt: skip
+        assert path in doc["paths"]
+
+
+def test_auth_required(api: Any) -> None:
+    r = api.get("/v1/models")
+    assert problem(r, 401) and r.headers["www-authenticate"].startswith("Bearer")
+    problem(api.get("/v1/jobs", headers={"Authorization": "Bearer spa_not-a-key"}), 401)
+    problem(api.get("/v1/jobs", headers={"Authorization": "Basic Zm9vOmJhcg=="}), 401)
+
+
+def test_no_auth_mode_serves_loopback_only(settings: Settings) -> None:
+    open_settings = Settings(**{**settings.model_dump(), "auth_disabled": True})
+    with make_client(open_settings, ("127.0.0.1", 40000)) as local:
+        assert local.get("/v1/models").status_code == 200
+    with make_client(open_settings, ("10.1.2.3", 40000)) as remote:
+        problem(remote.get("/v1/models"), 403)
+
+
+def test_upload_dedup_per_owner(
+    api: Any, auth: dict[str, str], new_key: Any, zoo: dict[str, Path], settings: Settings
+) -> None:
+    first = upload(api, auth, zoo["tiny"])
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert (
+        body["state"] == "validating"
+        and body["format"] == "onnx"
+        and body["size"] == zoo["tiny"].stat().st_size
+    )
+    assert first.headers["location"] == f"/v1/models/{body['id']}"
+    again = upload(api, auth, zoo["tiny"], name="renamed.onnx")
+    assert again.status_code == 200 and again.json()["id"] == body["id"]
+    # Another tenant uploading the same bytes gets its own model (the blob itself is shared).
+    other = upload(api, new_key("bob"), zoo["tiny"])
+    assert other.status_code == 201 and other.json()["id"] != body["id"]
+    blobs = [p for p in stored_blobs(settings) if ".staging" not in p.parts]
+    assert [p.name for p in blobs].count(body["sha256"]) == 1
+    # Content-addressed: the stored name is the digest, never the client's file name.
+    assert not any("tiny" in str(p) for p in stored_blobs(settings))
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name), data)
+    return buf.getvalue()
+
+
+BAD_MODELS = {
+    "text-as-onnx": ("model.onnx", b"hello, I am not a model\n" * 10, 422),
+    "empty": ("model.onnx", b"", 422),
+    "zip-as-onnx": ("model.onnx", _zip({"model.onnx": b"\x08\x07"}), 422),
+    "unknown-extension": ("model.txt", b"\x08\x07", 415),
+    "zip-dotdot": ("model.zip", _zip({"model.onnx": b"\x08\x07", "../evil.data": b"x"}), 422),
+    "zip-absolute": ("model.zip", _zip({"model.onnx": b"\x08\x07", "/etc/evil": b"x"}), 422),
+    "zip-without-onnx": ("model.zip", _zip({"weights.bin": b"x"}), 422),
+    "not-a-zip": ("model.zip", b"\x08\x07not a zip", 422),
+    "pt2-not-a-zip": ("model.pt2", b"hello", 422),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MODELS))
+def test_bad_model_upload_is_rejected_and_leaves_nothing(
+    api: Any, auth: dict[str, str], settings: Settings, case: str
+) -> None:
+    name, data, status = BAD_MODELS[case]
+    before = counts(settings), stored_blobs(settings)
+    r = api.post("/v1/models", headers=auth, files={"file": (name, data, "application/octet-stream")})
+    body = problem(r, status)
+    assert body["detail"]
+    assert (counts(settings), stored_blobs(settings)) == before
+
+
+def test_upload_protocol_errors(api: Any, auth: dict[str, str], settings: Settings) -> None:
+    before = counts(settings), stored_blobs(settings)
+    problem(api.post("/v1/models", headers=auth, content=b"\x08\x07raw"), 415)  # not multipart
+    problem(
+        api.post("/v1/models", headers=auth, data={"other": "x"}, files={"notfile": ("a.onnx", b"\x08")}), 422
+    )
+    assert (counts(settings), stored_blobs(settings)) == before
+
+
+def test_oversized_upload_413(settings: Settings, new_key: Any) -> None:
+    small = Settings(**{**settings.model_dump(), "max_upload_bytes": 4096})
+    auth = new_key("big")
+    before = counts(small), stored_blobs(small)
+    payload = b"\x08\x07" + b"\x00" * 10_000
+    with make_client(small) as api:
+        # Declared Content-Length above the limit: refused before the body is read.
+        problem(api.post("/v1/models", headers=auth, files={"file": ("m.onnx", payload)}), 413)
+        # No Content-Length (chunked): cut off while streaming, the partial file removed.
+        boundary = "spa-test-boundary"
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="m.onnx"\r\n\r\n'.encode()
+        )
+
+        def chunks() -> Any:
+            yield head
+            for i in range(0, len(payload), 1000):
+                yield payload[i : i + 1000]
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        r = api.post(
+            "/v1/models",
+            headers={**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=chunks(),
+        )
+        problem(r, 413)
+    assert (counts(small), stored_blobs(small)) == before
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"target": {"flops": 0.5}, "criterion": "no-such-criterion"},
+        {"target": {"flops": 1.5}, "criterion": "l1"},
+        {"target": {"flops": 0.5, "params": 0.5}},
+        {"target": {"flops": 0.5}, "unknown_field": 1},
+        {"target": {"channels": 0}},
+    ],
+    ids=["unknown-criterion", "target-1.5", "two-targets", "extra-field", "target-0"],
+)
+def test_bad_spec_422_and_no_job(
+    api: Any, auth: dict[str, str], zoo: dict[str, Path], settings: Settings, spec: dict[str, Any]
+) -> None:
+    mid = model_id(api, auth, zoo["tiny"])
+    before = counts(settings)
+    body = problem(api.post("/v1/jobs", headers=auth, json={"model_id": mid, "spec": spec}), 422)
+    assert body["errors"] and "spec" in body["errors"][0]["loc"]
+    assert counts(settings) == before
+
+
+def test_submit_get_events(api: Any, auth: dict[str, str], zoo: dict[str, Path], settings: Settings) -> None:
+    mid = model_id(api, auth, zoo["tiny"])
+    r = api.post("/v1/jobs", headers=auth, json={"model_id": mid, "spec": SPEC})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert r.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["state"] == "queued" and job["queue"] == settings.queue_cpu and job["attempts"] == 0
+    assert job["spec"]["target"] == {"flops": 0.5, "params": None, "channels": None}
+    got = api.get(f"/v1/jobs/{job['id']}", headers=auth).json()
+    assert got["id"] == job["id"] and got["artifacts"] == []
+    events = api.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()
+    assert [e["seq"] for e in events["items"]] == [1] and events["items"][0]["kind"] == "state"
+    assert api.get(f"/v1/jobs/{job['id']}/events?after=1", headers=auth).json() == {
+        "items": [],
+        "next_after": 1,
+    }
+    # a spec that asks for a device goes to the GPU queue
+    gpu = api.post(
+        "/v1/jobs", headers=auth, json={"model_id": mid, "spec": {**SPEC, "device": "cuda"}}
+    ).json()
+    assert gpu["queue"] == settings.queue_gpu
+
+
+def test_idempotency_key(
+    api: Any, auth: dict[str, str], new_key: Any, zoo: dict[str, Path], settings: Settings
+) -> None:
+    mid = model_id(api, auth, zoo["tiny"])
+    headers = {**auth, "Idempotency-Key": "build-42"}
+    first = api.post("/v1/jobs", headers=headers, json={"model_id": mid, "spec": SPEC})
+    assert first.status_code == 202
+    n = counts(settings)["jobs"]
+    # The same body, spelled differently (defaults written out), is the same request.
+    again = api.post("/v1/jobs", headers=headers, json={"model_id": mid, "spec": {**SPEC, "scope": "global"}})
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert counts(settings)["jobs"] == n
+    other = api.post("/v1/jobs", headers=headers, json={"model_id": mid, "spec": {**SPEC, "criterion": "l2"}})
+    assert "Idempotency" in problem(other, 422)["title"]
+    assert counts(settings)["jobs"] == n
+    # Keys are per tenant: bob's "build-42" is his own.
+    bob = new_key("bob")
+    bob_model = model_id(api, bob, zoo["tiny"])
+    r = api.post(
+        "/v1/jobs", headers={**bob, "Idempotency-Key": "build-42"}, json={"model_id": bob_model, "spec": SPEC}
+    )
+    assert r.status_code == 202 and r.json()["id"] != first.json()["id"]
+
+
+def test_tenant_isolation(
+    api: Any, auth: dict[str, str], new_key: Any, zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    mid = model_id(api, auth, zoo["tiny"])
+    job = api.post("/v1/jobs", headers=auth, json={"model_id": mid, "spec": SPEC}).json()
+    np.savez(tmp_path / "d.npz", input=np.zeros((2, 1, 16, 16), np.float32))
+    ds = upload(api, auth, tmp_path / "d.npz", url="/v1/datasets").json()
+    bob = new_key("bob")
+    for path in (
+        f"/v1/models/{mid}", f"/v1/models/{mid}/groups", f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/events",
+        f"/v1/jobs/{job['id']}/artifacts/pruned.onnx", f"/v1/datasets/{ds['id']}",
+    ):  # fmt: skip
+        assert problem(api.get(path, headers=bob), 404)["detail"].endswith("not found")
+    problem(api.post(f"/v1/jobs/{job['id']}/cancel", headers=bob), 404)
+    problem(api.post("/v1/jobs", headers=bob, json={"model_id": mid, "spec": SPEC}), 404)
+    bob_model = model_id(api, bob, zoo["tiny"])
+    problem(
+        api.post("/v1/jobs", headers=bob, json={"model_id": bob_model, "spec": SPEC, "dataset_id": ds["id"]}),
+        404,
+    )
+    for path in ("/v1/models", "/v1/jobs", "/v1/datasets"):
+        ids = {i["id"] for i in api.get(path, headers=bob).json()["items"]}
+        assert not ids & {mid, job["id"], ds["id"]}
+    assert api.get(f"/v1/jobs/{job['id']}", headers=auth).status_code == 200  # alice still sees it
+
+
+@pytest.mark.parametrize("bad", ["not-hex", "0" * 31, "../../etc/passwd", "A" * 32])
+def test_malformed_ids_422(api: Any, auth: dict[str, str], bad: str) -> None:
+    r = api.get(f"/v1/jobs/{bad}", headers=auth)
+    assert r.status_code in (404, 422)
+    assert r.headers["content-type"].startswith("application/problem+json")
+    if "/" not in bad:
+        problem(r, 422)
+
+
+def test_unknown_ids_404(api: Any, auth: dict[str, str]) -> None:
+    missing = "f" * 32
+    problem(api.get(f"/v1/jobs/{missing}", headers=auth), 404)
+    problem(api.get(f"/v1/models/{missing}", headers=auth), 404)
+    problem(api.post("/v1/jobs", headers=auth, json={"model_id": missing, "spec": SPEC}), 404)
+    problem(api.post(f"/v1/jobs/{missing}/cancel", headers=auth), 404)
+
+
+def test_cancel_queued_then_409(api: Any, auth: dict[str, str], zoo: dict[str, Path]) -> None:
+    mid = model_id(api, auth, zoo["tiny"])
+    job = api.post("/v1/jobs", headers=auth, json={"model_id": mid, "spec": SPEC}).json()
+    r = api.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+    assert r.status_code == 202 and r.json() == {"id": job["id"], "state": "cancelled"}
+    got = api.get(f"/v1/jobs/{job['id']}", headers=auth).json()
+    assert got["state"] == "cancelled" and got["finished_at"] and got["started_at"] is None
+    assert problem(api.post(f"/v1/jobs/{job['id']}/cancel", headers=auth), 409)["state"] == "cancelled"
+
+
+def test_pagination(api: Any, new_key: Any, zoo: dict[str, Path]) -> None:
+    auth = new_key("pager")
+    mid = model_id(api, auth, zoo["tiny"])
+    made = [
+        api.post("/v1/jobs", headers=auth, json={"model_id": mid, "spec": SPEC}).json()["id"]
+        for _ in range(5)
+    ]
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = api.get("/v1/jobs", headers=auth, params=params).json()
+        seen += [j["id"] for j in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert pages == 3 and seen == list(reversed(made))  # newest first, no gaps, no repeats
+    problem(api.get("/v1/jobs", headers=auth, params={"cursor": "%%%"}), 422)
+    problem(api.get("/v1/jobs", headers=auth, params={"limit": 0}), 422)
+    assert len(api.get("/v1/jobs", headers=auth, params={"state": "queued"}).json()["items"]) == 5
+    assert api.get("/v1/jobs", headers=auth, params={"state": "succeeded"}).json()["items"] == []
+
+
+def test_datasets(api: Any, auth: dict[str, str], tmp_path: Path, settings: Settings) -> None:
+    good = tmp_path / "calib.npz"
+    np.savez(good, input=np.random.rand(4, 1, 16, 16).astype(np.float32), labels=np.arange(4))
+    r = upload(api, auth, good, url="/v1/datasets")
+    assert r.status_code == 201, r.text
+    assert r.json()["arrays"] == {
+        "input": {"shape": [4, 1, 16, 16], "dtype": "float32"},
+        "labels": {"shape": [4], "dtype": "int64"},
+    }
+    assert upload(api, auth, good, url="/v1/datasets").json()["id"] == r.json()["id"]
+    before = counts(settings), stored_blobs(settings)
+    np.savez(tmp_path / "objects.npz", input=np.array([{"a": 1}], dtype=object))
+    (tmp_path / "text.npz").write_text("not a zip")
+    np.savez(tmp_path / "empty.npz")
+    for name in ("objects.npz", "text.npz", "empty.npz"):
+        problem(upload(api, auth, tmp_path / name, url="/v1/datasets"), 422)
+    (tmp_path / "data.csv").write_text("1,2,3")
+    problem(upload(api, auth, tmp_path / "data.csv", url="/v1/datasets"), 415)
+    assert (counts(settings), stored_blobs(settings)) == before
+
+
+def test_broker_down_503_leaves_nothing(settings: Settings, new_key: Any, zoo: dict[str, Path]) -> None:
+    auth = new_key("nobroker")
+    with make_client(settings) as api:
+        mid = model_id(api, auth, zoo["tiny"])
+    down = Settings(**{**settings.model_dump(), "broker_url": "redis://127.0.0.1:1/0"})
+    before = counts(settings)
+    with make_client(down) as api:
+        api.app.state.celery.conf.broker_connection_max_retries = 0
+        api.app.state.celery.conf.broker_transport_options = {"max_retries": 0}
+        problem(api.post("/v1/jobs", headers=auth, json={"model_id": mid, "spec": SPEC}), 503)
+        blobs = stored_blobs(settings)
+        fresh = b"\x08\x07" + os.urandom(512)  # bytes nobody stored before
+        problem(api.post("/v1/models", headers=auth, files={"file": ("new.onnx", fresh)}), 503)
+        assert stored_blobs(settings) == blobs  # published for the row, then removed with it
+        body = problem(api.get("/readyz"), 503)
+        assert body["checks"]["database"] == "ok" and body["checks"]["broker"].startswith("error")
+    assert counts(settings) == before
+
+
+def test_health_and_metrics(api: Any, auth: dict[str, str]) -> None:
+    assert api.get("/livez").json() == {"status": "ok"}
+    ready = api.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {
+        "database": "ok",
+        "broker": "ok",
+        "storage": "ok",
+    }
+    api.get("/v1/jobs", headers=auth)
+    text = api.get("/metrics").text
+    assert 'spa_http_requests_total{method="GET",route="/v1/jobs",status="200"}' in text
+    assert 'spa_jobs{state="queued"}' in text
+
+
+def test_dashboard_page(api: Any) -> None:
+    r = api.get("/")
+    assert r.status_code == 200 and "SPA service" in r.text
+    assert api.get("/static/dashboard.js").status_code == 200

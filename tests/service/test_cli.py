@@ -1,0 +1,154 @@
+"""The `spa` command line against a live server and worker; exit codes 0 / 1 / 2, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from client.cli import main
+from tests.service.conftest import ROOT
+
+
+@pytest.fixture
+def cli_env(live_server: str, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("SPA_SERVER", live_server)
+    monkeypatch.setenv("SPA_API_KEY", auth["Authorization"].split(" ", 1)[1])
+    return live_server
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_is_fast_and_light() -> None:
+    code = (
+        "import sys, time; t = time.perf_counter(); from client.cli import build_parser; "
+        "h = build_parser().format_help(); "
+        "assert 'torch' not in sys.modules and 'onnx' not in sys.modules and 'app' not in sys.modules, sorted(sys.modules); "
+        "print(h); print(time.perf_counter() - t)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for command in (
+        "serve",
+        "submit",
+        "status",
+        "wait",
+        "download",
+        "jobs",
+        "models",
+        "admin",
+        "db",
+        "prune",
+        "analyze",
+    ):
+        assert command in r.stdout
+    assert float(r.stdout.strip().splitlines()[-1]) < 1.0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["submit"], ["submit", "m.onnx", "--flops", "1.5"], ["submit", "m.onnx", "--flops", "x"], ["nope"],
+     ["submit", "m.onnx", "--flops", "0.5", "--params", "0.5"], ["admin"]],
+)  # fmt: skip
+def test_usage_errors_exit_2_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_input_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], cli_env: str) -> None:
+    code, _, err = run(["submit", str(tmp_path / "missing.onnx")], capsys)
+    assert code == 2 and "no such file" in err and len(err.strip().splitlines()) == 1
+    text = tmp_path / "model.onnx"
+    text.write_text("not a model at all")
+    code, _, err = run(["submit", str(text), "--flops", "0.5"], capsys)
+    assert code == 2 and "422" in err and "Traceback" not in err
+    code, _, err = run(["status", "f" * 32], capsys)
+    assert code == 2 and "404" in err
+    code, _, err = run(["submit", str(text), "--server", "http://127.0.0.1:1"], capsys)
+    assert code == 2 and "cannot reach" in err and len(err.strip().splitlines()) == 1
+
+
+def test_submit_wait_download(
+    zoo: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], cli_env: str
+) -> None:
+    out_dir = tmp_path / "out"
+    code, out, err = run(
+        ["submit", str(zoo["tiny"]), "--flops", "0.5", "--criterion", "l1", "--download", str(out_dir)],
+        capsys,
+    )
+    assert code == 0, err
+    job_id = out.strip().splitlines()[-1]
+    assert "succeeded" in err and "%" in err  # the progress bar went to stderr
+    assert (out_dir / "pruned.onnx").stat().st_size > 0 and json.loads((out_dir / "report.json").read_text())
+    code, out, _ = run(["status", job_id], capsys)
+    assert code == 0 and json.loads(out)["state"] == "succeeded"
+    code, out, _ = run(["wait", job_id], capsys)
+    assert code == 0 and json.loads(out)["macs_after"] < json.loads(out)["macs_before"]
+    code, out, _ = run(["download", job_id, str(tmp_path / "again"), "--name", "report.json"], capsys)
+    assert code == 0 and [p.name for p in (tmp_path / "again").iterdir()] == ["report.json"]
+    code, out, _ = run(["jobs"], capsys)
+    assert code == 0 and job_id in out
+    code, out, _ = run(["models"], capsys)
+    assert code == 0 and "tiny.onnx" in out
+
+
+def test_failed_job_exit_1(
+    zoo: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], cli_env: str
+) -> None:
+    # A valid model and spec the worker cannot satisfy: nothing may be pruned, yet 50 % must go.
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"ignore": ["*"], "criterion": "l2"}))
+    code, out, err = run(
+        ["submit", str(zoo["tiny"]), "--spec", str(spec), "--flops", "0.5", "--wait", "--timeout", "60"],
+        capsys,
+    )
+    assert code == 1, err
+    job_id = out.strip().splitlines()[-1]
+    assert "failed" in err.splitlines()[-1] and "reachable" in err.splitlines()[-1]
+    code, _, err = run(["status", job_id], capsys)
+    assert code == 1
+    code, _, err = run(["download", job_id, str(tmp_path)], capsys)
+    assert code == 2 and "nothing to download" in err
+
+
+def test_admin_create_key_and_db_upgrade(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'admin.db'}"
+    code, _, err = run(["db", "upgrade", "--database-url", url], capsys)
+    assert code == 0, err
+    code, out, err = run(["admin", "create-key", "ci-bot", "--database-url", url], capsys)
+    assert code == 0 and out.startswith("spa_") and "shown only now" in err
+    key = out.strip()
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT name, key_hash FROM api_keys")).all()
+    engine.dispose()
+    assert [r[0] for r in rows] == ["ci-bot"] and key not in rows[0][1]  # only the hash is stored
+    code, _, err = run(["admin", "create-key", "  ", "--database-url", url], capsys)
+    assert code == 2
+
+
+def test_client_library(live: Any, auth: dict[str, str], zoo: dict[str, Path]) -> None:
+    from client import SpaClient, SpaError
+
+    client = SpaClient("http://testserver", auth["Authorization"].split(" ", 1)[1], http=live)
+    model = client.upload_model(zoo["tiny"])
+    job = client.submit(model["id"], {"target": {"flops": 0.5}}, idempotency_key="lib-1")
+    assert client.submit(model["id"], {"target": {"flops": 0.5}}, idempotency_key="lib-1")["id"] == job["id"]
+    final = client.wait(job["id"], timeout=120)
+    assert final["state"] == "succeeded"
+    assert [j["id"] for j in client.iter_jobs() if j["id"] == job["id"]] == [job["id"]]
+    with pytest.raises(SpaError) as e:
+        client.submit(model["id"], {"criterion": "nope"})
+    assert e.value.status == 422 and "criterion" in str(e.value)

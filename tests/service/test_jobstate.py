@@ -1,0 +1,102 @@
+"""The job state machine on the real databases: claim, heartbeat, sweep of silent workers,
+cancel races. (The end-to-end SIGKILL test is in test_worker.py.) Each test has a database of its
+own: a live worker's sweeper would otherwise recover the jobs these tests age on purpose."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from app import jobstate
+from app.config import Settings
+from app.db.models import Job, Model, utcnow
+from app.db.session import session_scope
+
+
+def _job(settings: Settings) -> str:
+    with session_scope(settings.database_url) as s:
+        m = Model(owner_id="o", sha256=os.urandom(32).hex(), size=1, filename="m.onnx", format="onnx")
+        s.add(m)
+        s.flush()
+        j = Job(owner_id="o", model_id=m.id, spec={}, request_hash="h", queue="q")
+        s.add(j)
+        s.flush()
+        return j.id
+
+
+def _age(settings: Settings, job_id: str, seconds: float) -> None:
+    with session_scope(settings.database_url) as s:
+        s.get(Job, job_id).heartbeat_at = utcnow() - timedelta(seconds=seconds)  # type: ignore[union-attr]
+
+
+def _get(settings: Settings, job_id: str) -> Job:
+    with session_scope(settings.database_url) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_claim_sweep_requeue_once_then_fail(private_settings: Settings) -> None:
+    job_id = _job(private_settings)
+    db = private_settings.database_url
+    cutoff = lambda: jobstate.stale_cutoff(10)  # noqa: E731
+    with session_scope(db) as s:
+        assert jobstate.claim(s, job_id, "w1", stale_before=cutoff(), max_attempts=2).attempt == 1
+    with session_scope(db) as s:  # a second delivery while the first worker is alive: refused
+        assert not jobstate.claim(s, job_id, "w2", stale_before=cutoff(), max_attempts=2).ok
+        assert jobstate.sweep_one(s, job_id, stale_before=cutoff(), max_attempts=2) is None
+    _age(private_settings, job_id, 60)
+    with session_scope(db) as s:
+        assert jobstate.sweep_one(s, job_id, stale_before=cutoff(), max_attempts=2) == "requeued"
+    assert _get(private_settings, job_id).state == "queued"
+    with session_scope(db) as s:
+        assert jobstate.claim(s, job_id, "w2", stale_before=cutoff(), max_attempts=2).attempt == 2
+    _age(private_settings, job_id, 60)
+    with session_scope(db) as s:  # the redelivered message of the dead second run: no third run
+        got = jobstate.claim(s, job_id, "w3", stale_before=cutoff(), max_attempts=2)
+    assert not got.ok and got.reason == "attempts exhausted"
+    job = _get(private_settings, job_id)
+    assert job.state == "failed" and job.error_code == "worker_lost" and job.attempts == 2
+
+
+def test_cancel_races(private_settings: Settings) -> None:
+    db = private_settings.database_url
+    job_id = _job(private_settings)
+    with session_scope(db) as s:
+        jobstate.claim(s, job_id, "w", stale_before=jobstate.stale_cutoff(10), max_attempts=2)
+    with session_scope(db) as s:
+        assert jobstate.request_cancel(s, job_id).state == "cancelling"
+    with session_scope(db) as s:
+        assert jobstate.heartbeat(s, job_id, stage="score", progress=0.5) == "cancelling"
+    _age(private_settings, job_id, 60)
+    with session_scope(db) as s:  # its worker died while cancelling: it ends cancelled, not re-run
+        assert (
+            jobstate.sweep_one(s, job_id, stale_before=jobstate.stale_cutoff(10), max_attempts=2)
+            == "cancelled"
+        )
+    with session_scope(db) as s:
+        assert not jobstate.finish(s, job_id, "succeeded")  # a late finish cannot resurrect it
+        assert jobstate.request_cancel(s, job_id) == jobstate.CancelOutcome("cancelled", False)
+    assert _get(private_settings, job_id).state == "cancelled"
+
+
+def test_model_that_keeps_killing_validation_becomes_invalid(private_settings: Settings) -> None:
+    from worker.tasks import _claim_validation
+
+    with session_scope(private_settings.database_url) as s:
+        m = Model(owner_id="o", sha256=os.urandom(32).hex(), size=1, filename="m.onnx", format="onnx")
+        s.add(m)
+        s.flush()
+        model_id = m.id
+    # Each claim is one validation run whose worker then "died" (nothing reported back).
+    assert _claim_validation(private_settings, model_id) is not None
+    assert _claim_validation(private_settings, model_id) is not None
+    assert _claim_validation(private_settings, model_id) is None  # max_attempts (2) used up
+    with session_scope(private_settings.database_url) as s:
+        m = s.get(Model, model_id)
+        assert (
+            m is not None
+            and m.state == "invalid"
+            and "did not finish" in (m.reason or "")
+            and m.attempts == 2
+        )

@@ -1,0 +1,94 @@
+"""`spa serve`, the embedded mode, as a user runs it: one command, SQLite, a local artifact dir, a
+worker on a broker that needs no server; no auth on loopback only, announced at start."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.conftest import ROOT, free_port, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPA_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid,ppid,pgid"], capture_output=True, text=True).stdout.split("\n")[
+        1:
+    ]
+    rows = [tuple(map(int, line.split())) for line in out if line.strip()]
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp, _ in rows if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_spa_serve_round_trip(tmp_path: Path, zoo: dict[str, Path]) -> None:
+    from client import SpaClient
+
+    port = free_port()
+    data = tmp_path / "data"
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "serve", "--port", str(port), "--data-dir", str(data)],
+        cwd=tmp_path, env=_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _ready(url), 60, 0.3, "spa serve to be ready")
+        banner = log.read_text()
+        assert "authentication OFF (loopback clients only)" in banner and url in banner
+        with SpaClient(url, api_key="") as client:
+            model = client.upload_model(zoo["tiny"])
+            job = client.submit(model["id"], {"target": {"flops": 0.5}, "criterion": "l1"})
+            final = client.wait(job["id"], timeout=120)
+            assert final["state"] == "succeeded", final
+            paths = client.download(job["id"], tmp_path / "out")
+        assert {p.name for p in paths} >= {"pruned.onnx", "report.json"}
+        assert (data / "spa.db").exists() and (data / "broker.db").exists() and (data / "blobs").is_dir()
+        workers = _children(proc.pid)
+        assert workers, "no worker process beside the API"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    # `spa serve` stops its worker before it exits: nothing is left running.
+    alive = [p for p in workers if _alive(p)]
+    assert not alive, f"worker processes left behind: {alive}"
+    assert code == 0 and "stopping the worker" in log.read_text()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_spa_serve_refuses_open_network_without_auth(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "client.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port()), "--data-dir", str(tmp_path)],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and "without authentication" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "spa.db").exists()

@@ -1,0 +1,340 @@
+"""Celery tasks: validate an uploaded model, run a pruning job.
+
+The library (pruning_core.api, which pulls in torch and onnx) is imported inside the tasks, so
+that importing this module stays cheap and the API never loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+from app import jobstate
+from app.blobs import release_if_unused
+from app.config import Settings
+from app.db.models import Dataset, Job, Model, utcnow
+from app.db.session import get_engine, session_scope
+from app.storage import BlobStore, make_store
+from app.zipcheck import UnsafeZip, safe_extract
+from worker.celery_app import TASK_RUN_JOB, TASK_VALIDATE_MODEL, celery_app
+from worker.progress import ProgressReporter
+
+log = logging.getLogger("spa.worker")
+ARTIFACT_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _settings() -> Settings:
+    return celery_app.conf.spa_settings
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@worker_process_init.connect
+def _fresh_engines(**_: Any) -> None:
+    # A forked pool child must not share the parent's pooled DB connections (sockets).
+    get_engine.cache_clear()
+
+
+def materialize_model(store: BlobStore, model: Model, workdir: Path, max_unpacked: int) -> Path:
+    """Fetch the model blob to a real path; unpack a zip (model.onnx + external data) safely."""
+    if model.format != "zip":
+        path = workdir / f"model.{model.format}"
+        store.fetch(model.sha256, path)
+        return path
+    archive = workdir / "upload.zip"
+    store.fetch(model.sha256, archive)
+    files = safe_extract(archive, workdir / "unzipped", max_unpacked=max_unpacked)
+    archive.unlink()
+    onnx_files = sorted(
+        (p for p in files if p.suffix == ".onnx"), key=lambda p: (len(p.parts), p.name != "model.onnx")
+    )
+    if not onnx_files:
+        raise UnsafeZip("the zip holds no .onnx file")
+    return onnx_files[0]
+
+
+def _claim_validation(settings: Settings, model_id: str) -> Model | None:
+    """Count a validation run; a model whose validations keep dying is declared invalid."""
+    with session_scope(settings.database_url) as session:
+        took = session.execute(
+            sa.update(Model)
+            .where(Model.id == model_id, Model.state == "validating", Model.attempts < settings.max_attempts)
+            .values(attempts=Model.attempts + 1, updated_at=utcnow())
+        ).rowcount  # type: ignore[attr-defined]
+        model = session.get(Model, model_id)
+        if model is None or model.state != "validating":
+            return None
+        if took != 1:
+            model.state = "invalid"
+            model.reason = (
+                f"validation did not finish in {model.attempts} attempt(s): the worker was killed "
+                "(out of memory?) or lost while analysing this model"
+            )
+            session.flush()
+            release_if_unused(session, make_store(settings), model.sha256)
+            return None
+        return model
+
+
+@celery_app.task(name=TASK_VALIDATE_MODEL)
+def validate_model(model_id: str) -> str:
+    settings = _settings()
+    store = make_store(settings)
+    model = _claim_validation(settings, model_id)
+    if model is None:
+        return "skipped"
+    workdir = Path(tempfile.mkdtemp(prefix="spa-validate-"))
+    state, reason, summary, groups = "invalid", None, None, None
+    try:
+        from pruning_core.api import analyze
+        from pruning_core.errors import PruneError
+    except ImportError as e:  # a broken deployment: say so on the model rather than crash
+        log.error("analyze unavailable: %s", e)
+        analyze, PruneError = None, None  # type: ignore[assignment]
+        reason = f"model analysis is not available on this worker: {e}"
+    try:
+        if analyze is not None:
+            path = materialize_model(store, model, workdir, settings.max_upload_bytes * 4)
+            info = analyze(str(path))
+            groups = info.pop("groups", None)
+            summary, state = info, "ready"
+    except UnsafeZip as e:
+        reason = str(e)
+    except Exception as e:
+        if PruneError is not None and isinstance(e, PruneError):
+            reason = str(e) or type(e).__name__
+        else:  # a crash in analysis is still an answer the user must see
+            log.exception("validation of model %s crashed", model_id)
+            reason = f"internal error while analysing the model: {type(e).__name__}: {e}"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    with session_scope(settings.database_url) as session:
+        row = session.get(Model, model_id)
+        if row is None:
+            return "gone"
+        row.state, row.reason, row.summary, row.groups = state, reason, summary, groups
+        session.flush()
+        if state == "invalid":
+            release_if_unused(session, store, model.sha256)
+    return state
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps heartbeat_at fresh while the library works, even in a long step with no progress."""
+
+    def __init__(self, settings: Settings, job_id: str) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
+        self.settings, self.job_id = settings, job_id
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.settings.heartbeat_interval_s):
+            try:
+                with session_scope(self.settings.database_url) as session:
+                    jobstate.heartbeat(session, self.job_id)
+            except Exception:  # a missed beat is not fatal; the next one may pass
+                log.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
+
+
+def _store_artifacts(store: BlobStore, artifacts: dict[str, Path], limit: int) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, path in artifacts.items():
+        if not name or not set(name) <= ARTIFACT_NAME_OK or name.startswith("."):
+            raise ValueError(f"library returned an artifact with an unsafe name: {name!r}")
+        staged = store.stage(limit)
+        try:
+            with Path(path).open("rb") as fh:
+                while chunk := fh.read(1024 * 1024):
+                    staged.write(chunk)
+            sha = staged.finish()
+            store.put_file(staged.path, sha)
+        finally:
+            staged.discard()
+        out[name] = {"sha256": sha, "size": staged.size}
+    return out
+
+
+@celery_app.task(name=TASK_RUN_JOB)
+def run_job(job_id: str) -> str:
+    settings = _settings()
+    db = settings.database_url
+    with session_scope(db) as session:
+        got = jobstate.claim(
+            session,
+            job_id,
+            _worker_name(),
+            stale_before=jobstate.stale_cutoff(settings.heartbeat_stale_s),
+            max_attempts=settings.max_attempts,
+        )
+        if not got.ok:
+            if got.reason == "job is cancelled":
+                jobstate.add_event(session, job_id, "log", message="task received after cancel; not run")
+            return got.reason
+    beat = _Heartbeat(settings, job_id)
+    beat.start()
+    workdir = Path(tempfile.mkdtemp(prefix="spa-job-"))
+    try:
+        return _run_claimed(settings, job_id, workdir)
+    finally:
+        beat.stop_event.set()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> str:
+    db = settings.database_url
+    store = make_store(settings)
+    reporter = ProgressReporter(settings, job_id)
+    try:
+        from pruning_core.errors import Cancelled, PruneError
+    except ImportError as e:
+        return _fail(db, job_id, f"the pruning library is not installed on this worker: {e}", "internal")
+    try:
+        with session_scope(db) as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            model = session.get(Model, job.model_id)
+            assert model is not None
+            if model.state == "invalid":
+                return _fail(db, job_id, f"the model is invalid: {model.reason}", "invalid_model")
+            dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+            spec = dict(job.spec)
+        reporter("fetch", 0.0, "fetching the model")
+        model_path = materialize_model(store, model, workdir / "in", settings.max_upload_bytes * 4)
+        data_path = None
+        if dataset is not None:
+            data_path = workdir / "in" / "data.npz"
+            store.fetch(dataset.sha256, data_path)
+        reporter("fetch", 1.0, None)
+        from pruning_core.api import prune
+
+        out_dir = workdir / "out"
+        out_dir.mkdir()
+        result = prune(
+            str(model_path), spec, str(out_dir), data=str(data_path) if data_path else None, progress=reporter
+        )
+        reporter("store", 0.0, "storing artifacts")
+        artifacts = _store_artifacts(store, dict(result.artifacts), settings.max_upload_bytes * 4)
+        with session_scope(db) as session:
+            ok = jobstate.finish(
+                session,
+                job_id,
+                "succeeded",
+                message="succeeded",
+                stage="done",
+                progress=1.0,
+                summary=result.summary,
+                report=result.report,
+                artifacts=artifacts,
+            )
+        return "succeeded" if ok else "lost"
+    except Cancelled:
+        with session_scope(db) as session:
+            jobstate.finish(session, job_id, "cancelled", message="cancelled while running")
+        return "cancelled"
+    except (PruneError, UnsafeZip) as e:
+        return _fail(db, job_id, str(e) or type(e).__name__, getattr(e, "code", "invalid_model"))
+    except SoftTimeLimitExceeded:
+        return _fail(db, job_id, f"time limit of {settings.task_soft_time_limit} s exceeded", "time_limit")
+    except Exception as e:
+        log.exception("job %s crashed", job_id)
+        return _fail(db, job_id, f"internal error: {type(e).__name__}: {e}", "internal")
+
+
+def _fail(db: str, job_id: str, error: str, code: str) -> str:
+    with session_scope(db) as session:
+        jobstate.finish(session, job_id, "failed", message=error, error=error, error_code=code)
+    return "failed"
+
+
+# --- recovery of jobs whose worker died ---------------------------------------------------------
+
+
+def sweep_once(settings: Settings) -> dict[str, str]:
+    """Re-queue (once) or fail running jobs whose heartbeat went stale. Returns id -> outcome."""
+    stale_before = jobstate.stale_cutoff(settings.heartbeat_stale_s)
+    outcomes: dict[str, str] = {}
+    with session_scope(settings.database_url) as session:
+        ids = jobstate.find_stale(session, stale_before)
+    for job_id in ids:
+        with session_scope(settings.database_url) as session:
+            outcome = jobstate.sweep_one(
+                session, job_id, stale_before=stale_before, max_attempts=settings.max_attempts
+            )
+            queue = session.get(Job, job_id).queue if outcome == "requeued" else None  # type: ignore[union-attr]
+        if outcome:
+            outcomes[job_id] = outcome
+        if outcome == "requeued":
+            celery_app.send_task(TASK_RUN_JOB, args=[job_id], queue=queue)
+            log.warning("job %s re-queued: its worker stopped responding", job_id)
+    outcomes.update(_sweep_validations(settings))
+    return outcomes
+
+
+def _sweep_validations(settings: Settings) -> dict[str, str]:
+    """Re-send the validation of models stuck in 'validating' (their task died with a worker)."""
+    cutoff = utcnow() - timedelta(seconds=settings.validation_stale_s)
+    out: dict[str, str] = {}
+    with session_scope(settings.database_url) as session:
+        ids = list(
+            session.execute(
+                sa.select(Model.id).where(Model.state == "validating", Model.updated_at < cutoff)
+            ).scalars()
+        )
+        for model_id in ids:  # touch first, so that parallel sweepers do not all re-send
+            touched = session.execute(
+                sa.update(Model)
+                .where(Model.id == model_id, Model.state == "validating", Model.updated_at < cutoff)
+                .values(updated_at=utcnow())
+            ).rowcount  # type: ignore[attr-defined]
+            if touched == 1:
+                out[model_id] = "validation re-sent"
+    for model_id in out:
+        celery_app.send_task(TASK_VALIDATE_MODEL, args=[model_id], queue=settings.queue_cpu)
+    return out
+
+
+class _Sweeper(threading.Thread):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True, name="spa-sweeper")
+        self.settings = settings
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.settings.sweep_interval_s):
+            try:
+                sweep_once(self.settings)
+            except Exception:
+                log.warning("sweep failed", exc_info=True)
+
+
+_sweeper: _Sweeper | None = None
+
+
+@worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    global _sweeper
+    _sweeper = _Sweeper(_settings())
+    _sweeper.start()
+    try:
+        sweep_once(_settings())  # a restarted worker recovers what its predecessor left at once
+    except Exception:
+        log.warning("initial sweep failed", exc_info=True)
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: Any) -> None:
+    if _sweeper is not None:
+        _sweeper.stop_event.set()
