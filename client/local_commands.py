@@ -13,15 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def _ratio(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < v < 1.0:
-        raise argparse.ArgumentTypeError(f"{v} is not a fraction strictly between 0 and 1")
-    return v
+from client.cli import _fraction  # one parser for "a fraction in (0, 1)" in the whole CLI
 
 
 def _shape(text: str) -> tuple[str, list[int]]:
@@ -44,9 +36,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("model", type=Path, help="input .onnx")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .onnx (or a folder)")
     tgt = p.add_mutually_exclusive_group()
-    tgt.add_argument("--flops", type=_ratio, help="fraction of MACs to remove")
-    tgt.add_argument("--params", type=_ratio, help="fraction of parameters to remove")
-    tgt.add_argument("--channels", type=_ratio, help="fraction of prunable channels to remove")
+    tgt.add_argument("--flops", type=_fraction, help="fraction of MACs to remove")
+    tgt.add_argument("--params", type=_fraction, help="fraction of parameters to remove")
+    tgt.add_argument("--channels", type=_fraction, help="fraction of prunable channels to remove")
     p.add_argument("--criterion", default="l1")
     p.add_argument("--scope", choices=["global", "local"], default="global")
     p.add_argument("--round-to", type=int, default=1)
