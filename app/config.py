@@ -31,6 +31,8 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)  # 2 GiB; 413 above
     auth_disabled: bool = False  # only honoured for loopback clients (see deps.py)
+    # .pt2 files are programs (loaded only in the worker); an operator may refuse them.
+    allow_pytorch_uploads: bool = True
 
     # Celery. Queue names are settings so that tests (and tenants of one Redis) can isolate.
     queue_cpu: str = "cpu"

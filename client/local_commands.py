@@ -117,11 +117,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
             out = out / "pruned.onnx"
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(res.artifacts["pruned.onnx"]), out)
+        extra = []
+        for name in ("pruned.pt2", "plan.json"):  # PyTorch sources: the program and the plan
+            if name in res.artifacts:
+                shutil.move(str(res.artifacts[name]), out.parent / name)
+                extra.append(out.parent / name)
         if args.report:
             args.report.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(res.artifacts["report.json"]), args.report)
     print(format_table(res.report))
-    print(f"wrote {out}")
+    for path in [out, *extra]:
+        print(f"wrote {path}")
     return 0
 
 

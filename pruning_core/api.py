@@ -60,7 +60,7 @@ def analyze(model: str | os.PathLike[str], input_shapes: dict[str, list[int]] | 
             attention_heads: str = "auto", approximate: bool = False) -> dict[str, Any]:
     """Summary of a model: params, MACs, inputs, outputs and its dependency groups."""
     with tempfile.TemporaryDirectory(prefix="spa-") as tmp:
-        src = open_model(model, Path(tmp))
+        src = open_model(model, Path(tmp), input_shapes)
         g = graph_mod.load(src.path, input_shapes)
     an = analyze_graph(g, attention_heads, approximate)
     return {"kind": src.kind, "params": metrics.count_params(g), "macs": metrics.count_macs(g),
@@ -91,7 +91,7 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
         timings[name] = round(time.perf_counter() - clock[0], 4)
 
     stage("load", 0.0, f"loading {Path(model).name}")
-    src = open_model(model, tmp)
+    src = open_model(model, tmp, spec.input_shapes)
     g = graph_mod.load(src.path, spec.input_shapes)
     done("load")
 

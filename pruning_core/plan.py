@@ -52,13 +52,13 @@ class PlanError(PruneError, ValueError):
 
 @dataclass
 class DimPlan:
-    kept: list[int]            # kept indices along this dim, ascending, in the original numbering
+    kept: list[int]  # kept indices along this dim, ascending, in the original numbering
     groups: list[int] = field(default_factory=list)  # ids of the groups that removed indices here
 
 
 @dataclass
 class TensorPlan:
-    kind: str                  # "parameter" | "buffer" (persistent) | "constant" (non-persistent)
+    kind: str  # "parameter" | "buffer" (persistent) | "constant" (non-persistent)
     shape: tuple[int, ...]
     pruned_shape: tuple[int, ...]
     dims: dict[int, DimPlan] = field(default_factory=dict)  # only dims that change
@@ -69,9 +69,15 @@ class TensorPlan:
         return bool(self.dims)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"kind": self.kind, "shape": list(self.shape), "pruned_shape": list(self.pruned_shape)}
+        d: dict[str, Any] = {
+            "kind": self.kind,
+            "shape": list(self.shape),
+            "pruned_shape": list(self.pruned_shape),
+        }
         if self.dims:
-            d["dims"] = {str(ax): {"kept": dp.kept, "groups": dp.groups} for ax, dp in sorted(self.dims.items())}
+            d["dims"] = {
+                str(ax): {"kept": dp.kept, "groups": dp.groups} for ax, dp in sorted(self.dims.items())
+            }
         if self.alias_of:
             d["alias_of"] = self.alias_of
         return d
@@ -91,10 +97,14 @@ class Plan:
     # ------------------------------------------------------------------ (de)serialization
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, "version": self.version, "source": self.source,
-                "groups": {str(k): v for k, v in sorted(self.groups.items())},
-                "tensors": {k: t.to_dict() for k, t in self.tensors.items()},
-                "unmapped": self.unmapped}
+        return {
+            "format": PLAN_FORMAT,
+            "version": self.version,
+            "source": self.source,
+            "groups": {str(k): v for k, v in sorted(self.groups.items())},
+            "tensors": {k: t.to_dict() for k, t in self.tensors.items()},
+            "unmapped": self.unmapped,
+        }
 
     def dumps(self) -> str:
         """JSON with one line per tensor and per group: diffable and readable at a glance, while
@@ -110,8 +120,10 @@ class Plan:
             return "{\n" + ",\n".join(f"  {one(k)}: {one(v)}" for k, v in items.items()) + "\n }"
 
         head = ",\n".join(f" {one(k)}: {one(d[k])}" for k in ("format", "version", "source"))
-        return (f"{{\n{head},\n \"groups\": {block(d['groups'])},\n \"tensors\": {block(d['tensors'])},\n"
-                f" \"unmapped\": {one(d['unmapped'])}\n}}\n")
+        return (
+            f'{{\n{head},\n "groups": {block(d["groups"])},\n "tensors": {block(d["tensors"])},\n'
+            f' "unmapped": {one(d["unmapped"])}\n}}\n'
+        )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         p = Path(path)
@@ -121,10 +133,12 @@ class Plan:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Plan:
         if not isinstance(d, Mapping) or d.get("format") != PLAN_FORMAT:
-            raise PlanError(f"not a pruning plan (expected \"format\": {PLAN_FORMAT!r})")
+            raise PlanError(f'not a pruning plan (expected "format": {PLAN_FORMAT!r})')
         version = d.get("version")
         if version != PLAN_VERSION:
-            raise PlanError(f"plan version {version!r} is not supported (this code reads version {PLAN_VERSION})")
+            raise PlanError(
+                f"plan version {version!r} is not supported (this code reads version {PLAN_VERSION})"
+            )
         tensors: dict[str, TensorPlan] = {}
         try:
             for name, t in d["tensors"].items():
@@ -133,8 +147,10 @@ class Plan:
                     raise PlanError(f"tensor {name!r}: unknown kind {kind!r}")
                 shape = tuple(int(x) for x in t["shape"])
                 pruned_shape = tuple(int(x) for x in t["pruned_shape"])
-                dims = {int(ax): DimPlan([int(i) for i in dp["kept"]], [int(g) for g in dp.get("groups", [])])
-                        for ax, dp in t.get("dims", {}).items()}
+                dims = {
+                    int(ax): DimPlan([int(i) for i in dp["kept"]], [int(g) for g in dp.get("groups", [])])
+                    for ax, dp in t.get("dims", {}).items()
+                }
                 _check_tensor(name, shape, pruned_shape, dims)
                 tensors[name] = TensorPlan(kind, shape, pruned_shape, dims, t.get("alias_of"))
             groups = {int(k): dict(v) for k, v in d.get("groups", {}).items()}
@@ -162,17 +178,32 @@ def as_plan(plan: Plan | Mapping[str, Any] | str | os.PathLike[str]) -> Plan:
     return Plan.load(plan)
 
 
-def _check_tensor(name: str, shape: tuple[int, ...], pruned_shape: tuple[int, ...], dims: dict[int, DimPlan]) -> None:
+def _check_tensor(
+    name: str, shape: tuple[int, ...], pruned_shape: tuple[int, ...], dims: dict[int, DimPlan]
+) -> None:
     if len(shape) != len(pruned_shape):
-        raise PlanError(f"tensor {name!r}: shape {list(shape)} and pruned_shape {list(pruned_shape)} differ in rank")
+        raise PlanError(
+            f"tensor {name!r}: shape {list(shape)} and pruned_shape {list(pruned_shape)} differ in rank"
+        )
     for ax in range(len(shape)):
         dp = dims.get(ax)
         want = len(dp.kept) if dp is not None else shape[ax]
         if pruned_shape[ax] != want:
-            raise PlanError(f"tensor {name!r}: pruned_shape[{ax}]={pruned_shape[ax]} but {want} indices are kept")
-        if dp is not None and dp.kept and (min(dp.kept) < 0 or max(dp.kept) >= shape[ax]
-                                          or any(b <= a for a, b in zip(dp.kept, dp.kept[1:], strict=False))):
-            raise PlanError(f"tensor {name!r}: kept indices of dim {ax} are not ascending within [0, {shape[ax]})")
+            raise PlanError(
+                f"tensor {name!r}: pruned_shape[{ax}]={pruned_shape[ax]} but {want} indices are kept"
+            )
+        if (
+            dp is not None
+            and dp.kept
+            and (
+                min(dp.kept) < 0
+                or max(dp.kept) >= shape[ax]
+                or any(b <= a for a, b in zip(dp.kept, dp.kept[1:], strict=False))
+            )
+        ):
+            raise PlanError(
+                f"tensor {name!r}: kept indices of dim {ax} are not ascending within [0, {shape[ax]})"
+            )
     extra = [ax for ax in dims if not 0 <= ax < len(shape)]
     if extra:
         raise PlanError(f"tensor {name!r}: dims {extra} out of range for rank {len(shape)}")
@@ -185,7 +216,7 @@ def _check_tensor(name: str, shape: tuple[int, ...], pruned_shape: tuple[int, ..
 class OriginalTensor:
     """One entry of the original program's state: what the plan describes."""
 
-    kind: str                   # "parameter" | "buffer" | "constant"
+    kind: str  # "parameter" | "buffer" | "constant"
     shape: tuple[int, ...]
     alias_of: str | None = None
 
@@ -208,9 +239,15 @@ class InitMapping:
         return ax if self.axes is None else self.axes[ax]
 
 
-def build_plan(an: Analysis, removed: np.ndarray, originals: Mapping[str, OriginalTensor],
-               mapping: Mapping[str, InitMapping], *, source: dict[str, Any] | None = None,
-               unmapped: list[dict[str, str]] | None = None) -> Plan:
+def build_plan(
+    an: Analysis,
+    removed: np.ndarray,
+    originals: Mapping[str, OriginalTensor],
+    mapping: Mapping[str, InitMapping],
+    *,
+    source: dict[str, Any] | None = None,
+    unmapped: list[dict[str, str]] | None = None,
+) -> Plan:
     """The plan of a pruning result: ``mapping`` says which analyzed-graph initializer holds which
     original tensor. Several initializers may hold one tensor (copies made when un-sharing); they
     must agree (a partial one only on the dims it has). Raises PlanError when a tensor would be pruned
@@ -225,8 +262,10 @@ def build_plan(an: Analysis, removed: np.ndarray, originals: Mapping[str, Origin
                 continue
             orig_ax = m.axis(ax)
             if orig_ax is None or (not m.whole and orig_ax == 0):
-                raise PlanError(f"{m.key!r}: initializer {init!r} holds rows of it, and the rows are pruned; "
-                                "this cannot be expressed on the original tensor")
+                raise PlanError(
+                    f"{m.key!r}: initializer {init!r} holds rows of it, and the rows are pruned; "
+                    "this cannot be expressed on the original tensor"
+                )
             gone = owner[~keep_mask]
             groups = sorted({int(x) for x in an.group_of[gone]})
             dims[orig_ax] = DimPlan(np.nonzero(keep_mask)[0].tolist(), groups)
@@ -238,8 +277,10 @@ def build_plan(an: Analysis, removed: np.ndarray, originals: Mapping[str, Origin
         for init, whole, dims in uses[1:]:
             ref = merged if whole else {a: d for a, d in merged.items() if a != 0}
             if {a: d.kept for a, d in ref.items()} != {a: d.kept for a, d in dims.items()}:
-                raise PlanError(f"parameter {key!r} is pruned differently where {first_init!r} and {init!r} "
-                                "use it; a single PyTorch parameter cannot hold both")
+                raise PlanError(
+                    f"parameter {key!r} is pruned differently where {first_init!r} and {init!r} "
+                    "use it; a single PyTorch parameter cannot hold both"
+                )
         dims_of[key] = merged
 
     tensors: dict[str, TensorPlan] = {}

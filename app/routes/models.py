@@ -105,6 +105,8 @@ def _register_model(
 ) -> Model:
     try:
         fmt = _format_of(upload.filename)
+        if fmt == "pt2" and not settings.allow_pytorch_uploads:
+            raise ProblemError(403, "PyTorch (.pt2) uploads are disabled on this server (SPA_ALLOW_PYTORCH_UPLOADS)")
         sniff_model(upload.staged, fmt, settings.max_upload_bytes * 4)
         existing = session.execute(
             sa.select(Model).where(Model.owner_id == owner, Model.sha256 == upload.sha256)

@@ -6,15 +6,18 @@ worker or the local CLI, never in the API process) and converted to ONNX with th
 both of which destroy the link between initializers and the user's parameter names. We fold only
 what does not read a parameter (shape chains, the zero bias of a bias-free conv), so initializer names
 stay the state-dict keys (``conv1.weight``). The core may still rename a small weight (it folds
-``Transpose(W)`` below a size limit) or copy a shared vector (``<name>__<k>``); ``map_initializers``
-maps every initializer back to its state-dict key by name and then by value (also transposed) and
-verifies values, so nothing is mapped on a name alone.
+``Transpose(W)`` or a position-table lookup below a size limit) or copy a shared vector
+(``<name>__<k>``); ``map_initializers`` maps every initializer back to its state-dict key by name and
+then by value (transposed, or rows of a table) and verifies values, so nothing is mapped on a name
+alone. What cannot be traced is listed in the plan's ``unmapped``.
 
 Out (the artifact hook, called by ``api.prune`` after surgery):
 - ``plan.json`` (``pruning_core.plan``): kept indices per dim of every original parameter / buffer;
 - ``pruned.pt2``: ``torch.export`` of :class:`PrunedProgram`, the torch twin of the pruned graph whose
   parameters sit at the original attribute paths, so the state dict keeps the original names with
-  their new shapes; checked against ``pruned.onnx`` (onnxruntime) before it is written.
+  their new shapes; checked against ``pruned.onnx`` (onnxruntime) before it is written. Like
+  ``pruned.onnx`` it is specialized to the static input shapes the core pruned with (batch 1 unless
+  ``input_shapes`` says otherwise); ``apply_plan`` on the user's module is the shape-generic way.
 
 TorchScript archives (``.pt``/``.ts`` with TorchScript code) carry no input shapes: they are
 converted when ``input_shapes`` gives every input (float inputs assumed); pickled checkpoints
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import logging
 import re
 import warnings
@@ -63,9 +67,12 @@ class PT2ExportError(PruneError):
 # ------------------------------------------------------------------------------------ loading
 
 
-def load_program(path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> torch.export.ExportedProgram:
-    """The ExportedProgram in ``path`` (a .pt2, or a TorchScript archive); ModelLoadError with the
-    reason otherwise (the worker marks the model invalid from it)."""
+def load_program(
+    path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> tuple[torch.export.ExportedProgram, list[str] | None]:
+    """The ExportedProgram in ``path`` (a .pt2, or a TorchScript archive) and, for TorchScript, the
+    input names to give the ONNX graph; ModelLoadError with the reason otherwise (the worker marks
+    the model invalid from it)."""
     if not zipfile.is_zipfile(path):
         raise ModelLoadError(f"{path.name} is not a PyTorch archive (expected a torch.export.save .pt2 file)")
     with zipfile.ZipFile(path) as zf:
@@ -73,45 +80,61 @@ def load_program(path: Path, input_shapes: Mapping[str, Sequence[int]] | None = 
     if any(n.endswith("/code/") or "/code/__torch__" in n for n in names) and not _is_pt2(names):
         return _load_torchscript(path, input_shapes)
     if not _is_pt2(names):
-        raise ModelLoadError(f"{path.name} is a pickled checkpoint (torch.save), not a program: it holds no graph "
-                             "and cannot be loaded safely; save the model with torch.export.save(torch.export.export("
-                             "model, example_inputs), 'model.pt2')")
+        raise ModelLoadError(
+            f"{path.name} is a pickled checkpoint (torch.save), not a program: it holds no graph "
+            "and cannot be loaded safely; save the model with torch.export.save(torch.export.export("
+            "model, example_inputs), 'model.pt2')"
+        )
     try:
         with _quiet():
             ep = torch.export.load(str(path))
     except Exception as e:  # a truncated or tampered archive fails anywhere inside torch
-        raise ModelLoadError(f"{path.name} is not a loadable torch.export program ({_first_line(e)})") from None
+        raise ModelLoadError(
+            f"{path.name} is not a loadable torch.export program ({_first_line(e)})"
+        ) from None
     if not isinstance(ep, torch.export.ExportedProgram):
         raise ModelLoadError(f"{path.name} does not hold an ExportedProgram (got {type(ep).__name__})")
-    return ep
+    return ep, None
 
 
 def _is_pt2(names: list[str]) -> bool:
     # torch.export.save archives: "<archive>/archive_format" plus "models/" (new) or "serialized_*" (old)
-    return any(n.endswith("archive_format") for n in names) or any("serialized_exported_program" in n for n in names)
+    return any(n.endswith("archive_format") for n in names) or any(
+        "serialized_exported_program" in n for n in names
+    )
 
 
-def _load_torchscript(path: Path, input_shapes: Mapping[str, Sequence[int]] | None) -> torch.export.ExportedProgram:
+def _load_torchscript(
+    path: Path, input_shapes: Mapping[str, Sequence[int]] | None
+) -> tuple[torch.export.ExportedProgram, list[str]]:
     try:
         with _quiet():
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
-        raise ModelLoadError(f"{path.name} is not a loadable TorchScript archive ({_first_line(e)})") from None
+        raise ModelLoadError(
+            f"{path.name} is not a loadable TorchScript archive ({_first_line(e)})"
+        ) from None
     inputs = [i.debugName().split(".")[0] for i in list(module.graph.inputs())[1:]]
     missing = [n for n in inputs if n not in (input_shapes or {})]
     if missing:
-        raise ModelLoadError(f"{path.name} is a TorchScript archive, which records no input shapes: give input_shapes "
-                             f"for {missing} (CLI: --input-shape NAME=1,3,224,224), or upload a torch.export .pt2")
+        raise ModelLoadError(
+            f"{path.name} is a TorchScript archive, which records no input shapes: give input_shapes "
+            f"for {missing} (float inputs), or upload a torch.export .pt2"
+        )
     assert input_shapes is not None
     args = tuple(torch.randn(*[int(d) for d in input_shapes[n]]) for n in inputs)
     try:
         from torch._export.converter import TS2EPConverter  # the exporter's own TorchScript path
 
         with _quiet():
-            return TS2EPConverter(module, args).convert()
+            # the converter names inputs x_1 and leaves their dims dynamic: the ONNX graph gets the
+            # user's names back, so that input_shapes (which fix the dims) apply to it
+            return TS2EPConverter(module, args).convert(), inputs
     except Exception as e:
-        raise ModelLoadError(f"cannot convert TorchScript archive {path.name} to a program ({_first_line(e)}); "
-                             "upload a torch.export .pt2 instead") from None
+        raise ModelLoadError(
+            f"cannot convert TorchScript archive {path.name} to a program ({_first_line(e)}); "
+            "upload a torch.export .pt2 instead"
+        ) from None
 
 
 # ------------------------------------------------------------------------------- originals
@@ -150,7 +173,13 @@ class Originals:
         first_of: dict[tuple, str] = {}
         for k, v in values.items():
             # tied weights (GPT-2's lm_head = wte) are one tensor under two names: one entry, one alias
-            ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype)
+            ident = (
+                v.untyped_storage().data_ptr(),
+                v.storage_offset(),
+                tuple(v.shape),
+                tuple(v.stride()),
+                v.dtype,
+            )
             alias = first_of.setdefault(ident, k) if v.numel() else k
             tensors[k] = OriginalTensor(kinds[k], tuple(v.shape), alias if alias != k else None)
         single = len(ep.graph_signature.user_outputs) == 1
@@ -160,13 +189,21 @@ class Originals:
 # ---------------------------------------------------------------------------------- to ONNX
 
 
-def to_onnx(ep: torch.export.ExportedProgram, path: Path) -> None:
+def to_onnx(ep: torch.export.ExportedProgram, path: Path, input_names: list[str] | None = None) -> None:
     """Convert with the dynamo exporter, keep parameter names: see the module docstring."""
     n_out = len(ep.graph_signature.user_outputs)
     try:
         with _quiet():
-            prog = torch.onnx.export(ep, (), dynamo=True, optimize=False, opset_version=OPSET, verbose=False,
-                                     output_names=[f"output_{i}" for i in range(n_out)] if n_out > 1 else ["output"])
+            prog = torch.onnx.export(
+                ep,
+                (),
+                dynamo=True,
+                optimize=False,
+                opset_version=OPSET,
+                verbose=False,
+                input_names=input_names,
+                output_names=[f"output_{i}" for i in range(n_out)] if n_out > 1 else ["output"],
+            )
     except Exception as e:
         raise ModelLoadError(f"the PyTorch program cannot be converted to ONNX ({_first_line(e)})") from None
     assert prog is not None
@@ -185,8 +222,13 @@ def to_onnx(ep: torch.export.ExportedProgram, path: Path) -> None:
     from onnxscript.optimizer import fold_constants_ir
 
     with _quiet():
-        fold_constants_ir(model, onnx_shape_inference=True, input_size_limit=1 << 20, output_size_limit=1 << 22,
-                          should_fold=should_fold)
+        fold_constants_ir(
+            model,
+            onnx_shape_inference=True,
+            input_size_limit=1 << 20,
+            output_size_limit=1 << 22,
+            should_fold=should_fold,
+        )
         RemoveUnusedNodesPass()(model)
         prog.save(str(path))
 
@@ -203,15 +245,17 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def map_initializers(inits: Mapping[str, np.ndarray], originals: Originals
-                     ) -> tuple[dict[str, InitMapping], list[dict[str, str]]]:
+def map_initializers(
+    inits: Mapping[str, np.ndarray], originals: Originals
+) -> tuple[dict[str, InitMapping], list[dict[str, str]]]:
     """Which original tensor each initializer of the analyzed graph holds.
 
     By name (``conv1.weight``, or a ``conv1.bias__2`` copy), then by value for renamed ones: a folded
     ``Transpose(W)`` is matched against ``W.T``, a folded embedding lookup with constant ids
-    (``position_embeddings[:16]``) row by row. Every match is verified by value. Tensors whose
-    elements are all equal (zero biases, LayerNorm ones of a fresh model) are never matched by value:
-    they are indistinguishable. Keys are canonical (a tied weight maps to its first name).
+    (``position_embeddings[:16]``, possibly permuted) row by row. Every match is verified by value.
+    Tensors whose elements are all equal (zero biases, LayerNorm ones of a fresh model) are not
+    matched as whole tensors: they are indistinguishable; a folded lookup of an all-equal table is,
+    when a single original fits. Keys are canonical (a tied weight maps to its first name).
     Returns (mapping, notes on what could not be mapped).
     """
     values = {k: _np(v) for k, v in originals.values.items()}
@@ -220,12 +264,18 @@ def map_initializers(inits: Mapping[str, np.ndarray], originals: Originals
         return originals.tensors[k].alias_of or k
 
     by_value: dict[tuple[tuple[int, ...], str], list[tuple[str, tuple[int, ...] | None]]] = {}
-    for k, a in values.items():
-        if a.dtype.kind != "f" or a.size < 2 or _constant(a):
-            continue
-        by_value.setdefault((a.shape, _digest(a)), []).append((k, None))
-        if a.ndim == 2:
-            by_value.setdefault((a.T.shape, _digest(a.T)), []).append((k, (1, 0)))
+
+    def value_index() -> dict[tuple[tuple[int, ...], str], list[tuple[str, tuple[int, ...] | None]]]:
+        # hashing every weight costs a pass over the model: only when a name did not match
+        if not by_value:
+            for k, a in values.items():
+                if a.dtype.kind != "f" or a.size < 2 or _constant(a):
+                    continue
+                by_value.setdefault((a.shape, _digest(a)), []).append((k, None))
+                if a.ndim == 2:
+                    by_value.setdefault((a.T.shape, _digest(a.T)), []).append((k, (1, 0)))
+        return by_value
+
     rows = _RowIndex(values)
     mapping: dict[str, InitMapping] = {}
     notes: list[dict[str, str]] = []
@@ -233,18 +283,31 @@ def map_initializers(inits: Mapping[str, np.ndarray], originals: Originals
         for key in (name, _COPY_SUFFIX.sub("", name)):
             if key in values:
                 want = values[key]
-                if want.shape == arr.shape and np.array_equal(want, arr, equal_nan=True):
+                if want.shape == arr.shape and np.array_equal(want, _as(arr, want.dtype), equal_nan=True):
                     mapping[name] = InitMapping(canon(key))
                 else:
-                    notes.append({"tensor": key, "reason": f"ONNX initializer {name!r} has the name but not the "
-                                                           "values of this tensor; not mapped"})
+                    notes.append(
+                        {
+                            "tensor": key,
+                            "reason": f"ONNX initializer {name!r} has the name but not the "
+                            "values of this tensor; not mapped",
+                        }
+                    )
                 break
         else:
-            if arr.dtype.kind != "f" or arr.size < 2 or _constant(arr):
+            if arr.dtype.kind != "f" or arr.size < 2:
                 continue
-            cands = by_value.get((arr.shape, _digest(arr)), [])
-            cands = [(k, p) for k, p in cands
-                     if np.array_equal(values[k] if p is None else values[k].transpose(p), arr)]
+            if _constant(arr):  # indistinguishable by value; only a folded lookup can be traced
+                hit = rows.find(arr) if arr.ndim >= 2 else None
+                if hit is not None:
+                    mapping[name] = InitMapping(canon(hit[0]), hit[1], whole=False)
+                continue
+            cands = value_index().get((arr.shape, _digest(arr)), [])
+            cands = [
+                (k, p)
+                for k, p in cands
+                if np.array_equal(values[k] if p is None else values[k].transpose(p), arr)
+            ]
             keys = {canon(k) for k, _ in cands}
             if len(keys) == 1:
                 k, p = cands[0]
@@ -252,40 +315,65 @@ def map_initializers(inits: Mapping[str, np.ndarray], originals: Originals
             elif len(keys) > 1:
                 notes.append({"tensor": name, "reason": f"equal values in {sorted(keys)}: cannot tell which"})
             else:
-                k2 = rows.find(arr)
-                if k2 is not None:
-                    lead = arr.ndim - (values[k2].ndim - 1)
-                    axes = (None,) * (lead - 1) + (0,) + tuple(range(1, values[k2].ndim))
-                    mapping[name] = InitMapping(canon(k2), axes, whole=False)
+                hit = rows.find(arr)
+                if hit is not None:
+                    mapping[name] = InitMapping(canon(hit[0]), hit[1], whole=False)
     return mapping, notes
 
 
 class _RowIndex:
     """Finds the original whose rows (axis 0) make up a constant: a folded ``Gather`` along axis 0
-    with constant indices (position embeddings). Built lazily, per trailing shape."""
+    with constant indices (position embeddings), possibly permuted afterwards (Swin's relative
+    position bias, ``table[index].view(N, N, heads).permute(2, 0, 1)``). Row hashes are built lazily."""
+
+    MAX_RANK = 4  # permutations tried: at most 4! = 24
 
     def __init__(self, values: Mapping[str, np.ndarray]) -> None:
         self.values = values
-        self._index: dict[tuple[int, ...], dict[str, dict[str, int]]] = {}
+        self._index: dict[str, set[str]] = {}
 
-    def find(self, arr: np.ndarray) -> str | None:
-        found = None
+    def find(self, arr: np.ndarray) -> tuple[str, tuple[int | None, ...]] | None:
+        """(original key, ``axes`` for InitMapping) or None when no original / several fit."""
+        if arr.ndim > self.MAX_RANK:
+            return None
+        # An all-equal constant (a zero-initialized table of an untrained model) matches any
+        # all-equal original of a fitting shape: accept it only with a row axis, and only when a
+        # single original fits (ambiguity is checked below).
+        uniform = _constant(arr)
+        found: tuple[str, tuple[int | None, ...]] | None = None
         for key, a in self.values.items():
-            if a.ndim < 2 or a.dtype != arr.dtype or a.ndim > arr.ndim or arr.shape[arr.ndim - a.ndim + 1:] != a.shape[1:]:
+            if a.ndim < 2 or a.dtype != arr.dtype or a.ndim > arr.ndim + (0 if uniform else 1):
                 continue
-            index = self._rows(key, a)
-            flat = arr.reshape((-1, *a.shape[1:]))
-            if all(_digest(r) in index for r in flat):
-                if found is not None:
+            tail = a.ndim - 1
+            for perm in itertools.permutations(range(arr.ndim)):
+                p_arr = arr.transpose(perm)
+                if p_arr.shape[arr.ndim - tail :] != a.shape[1:]:
+                    continue
+                rows = self._rows(key, a)
+                if not all(_digest(r) in rows for r in p_arr.reshape((-1, *a.shape[1:]))):
+                    continue
+                lead = arr.ndim - tail
+                axes: list[int | None] = [None] * arr.ndim
+                for j, src in enumerate(perm):  # permuted axis j is arr axis src
+                    axes[src] = j - lead + 1 if j >= lead else (0 if j == lead - 1 else None)
+                if found is not None and found[0] != key:
                     return None  # rows of two originals: ambiguous
-                found = key
+                found = (key, tuple(axes))
+                break
         return found
 
-    def _rows(self, key: str, a: np.ndarray) -> dict[str, int]:
-        per_shape = self._index.setdefault(a.shape[1:], {})
-        if key not in per_shape:
-            per_shape[key] = {_digest(r): i for i, r in enumerate(a)}
-        return per_shape[key]
+    def _rows(self, key: str, a: np.ndarray) -> set[str]:
+        if key not in self._index:
+            self._index[key] = {_digest(r) for r in a}
+        return self._index[key]
+
+
+def _as(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``a`` in the original's dtype for comparison (bfloat16 weights are compared as float32)."""
+    try:
+        return a.astype(dtype, copy=False)
+    except (TypeError, ValueError):
+        return a
 
 
 def _constant(a: np.ndarray) -> bool:
@@ -306,8 +394,9 @@ class PrunedProgram(OnnxTwin):
     they were, so ``load_state_dict`` into the user's pruned module is complete.
     """
 
-    def __init__(self, model: onnx.ModelProto, mapping: Mapping[str, InitMapping], originals: Originals,
-                 plan: Plan) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, mapping: Mapping[str, InitMapping], originals: Originals, plan: Plan
+    ) -> None:
         super().__init__(model)
         self._routes: dict[str, tuple[str, tuple[int, ...] | None]] = {}
         self._single = originals.single_output
@@ -330,8 +419,13 @@ class PrunedProgram(OnnxTwin):
                         natural = value
                     if key in placed and not torch.equal(placed[key], natural):
                         # e.g. compensation changed one copy of a shared vector: keep it private
-                        self.notes.append({"tensor": key, "reason": f"initializer {onnx_name!r} no longer equals "
-                                                                    "the parameter; kept as a constant of pruned.pt2"})
+                        self.notes.append(
+                            {
+                                "tensor": key,
+                                "reason": f"initializer {onnx_name!r} no longer equals "
+                                "the parameter; kept as a constant of pruned.pt2",
+                            }
+                        )
                         key = None
                     elif key not in placed:
                         placed[key] = self._place(key, natural, originals.tensors[key], plan)
@@ -362,7 +456,9 @@ class PrunedProgram(OnnxTwin):
     def _place(self, key: str, value: torch.Tensor, orig: OriginalTensor, plan: Plan) -> torch.Tensor:
         want = tuple(plan.tensors[key].pruned_shape)
         if tuple(value.shape) != want:
-            raise PT2ExportError(f"{key!r}: the pruned graph holds shape {tuple(value.shape)}, the plan says {want}")
+            raise PT2ExportError(
+                f"{key!r}: the pruned graph holds shape {tuple(value.shape)}, the plan says {want}"
+            )
         if orig.kind == "parameter":
             value = nn.Parameter(value, requires_grad=value.is_floating_point())
         self._register(key, value, orig.kind)
@@ -375,7 +471,9 @@ class PrunedProgram(OnnxTwin):
             child = mod._modules.get(part)
             if child is None:
                 if hasattr(mod, part):
-                    raise PT2ExportError(f"cannot place {key!r}: {part!r} is taken by the twin's own attributes")
+                    raise PT2ExportError(
+                        f"cannot place {key!r}: {part!r} is taken by the twin's own attributes"
+                    )
                 child = nn.Module()
                 mod.add_module(part, child)
             mod = child
@@ -422,7 +520,10 @@ class _EagerConstants(torch.overrides.TorchFunctionMode):
         from torch.utils._pytree import tree_leaves
 
         tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        if tensors and all(type(t) in (torch.Tensor, nn.Parameter) and not is_fake(t) for t in tensors):
+        # fakes and functional wrappers are subclasses: a plain Tensor is concrete
+        if tensors and all(
+            type(t) is torch.Tensor or (type(t) is nn.Parameter and not is_fake(t)) for t in tensors
+        ):
             with _disable_current_modes():  # neither faked nor recorded: a constant computed now
                 return func(*args, **kwargs)
         return func(*args, **kwargs)
@@ -449,21 +550,44 @@ class ArtifactWriter:
     def __init__(self, originals: Originals) -> None:
         self.originals = originals
 
-    def __call__(self, an: Any, removed: np.ndarray, pruned: onnx.ModelProto, out_dir: Path,
-                 spec: Any) -> dict[str, Path]:
+    def __call__(
+        self, an: Any, removed: np.ndarray, pruned: onnx.ModelProto, out_dir: Path, spec: Any
+    ) -> dict[str, Path]:
         from pruning_core import data as data_mod
 
         out_dir = Path(out_dir)
         mapping, notes = map_initializers(an.graph.inits, self.originals)
         mapped = {m.key for m in mapping.values()}
-        pruned_inits = an.param_owner
-        for name in pruned_inits:
-            if name not in mapping and name in an.graph.original_inits and _is_user_like(name):
-                notes.append({"tensor": name, "reason": "graph initializer matches no original tensor"})
+        removed = np.asarray(removed, dtype=bool)
+        for name, owners in an.param_owner.items():
+            if name in mapping or not any(removed[o[o >= 0]].any() for _, o in owners):
+                continue
+            if name not in an.graph.original_inits:
+                # the core folded it from other constants (a lookup of a table, say) and no original
+                # could be traced to it: whatever it came from is not cut in the plan
+                notes.append(
+                    {
+                        "tensor": name,
+                        "reason": "a constant folded by the core loses channels, but no "
+                        "original tensor could be traced to it; a parameter may be "
+                        "missing from the plan",
+                    }
+                )
+            elif _is_user_like(name):
+                notes.append(
+                    {
+                        "tensor": name,
+                        "reason": "graph initializer loses channels but matches no original tensor",
+                    }
+                )
         for key, orig in self.originals.tensors.items():
             if orig.kind == "parameter" and key not in mapped and (orig.alias_of or key) not in mapped:
-                notes.append({"tensor": key, "reason": "not read by the exported graph (unused or folded); "
-                                                      "kept unchanged"})
+                notes.append(
+                    {
+                        "tensor": key,
+                        "reason": "not read by the exported graph (unused or folded); kept unchanged",
+                    }
+                )
         source = {"file": self.originals.file, "kind": "pytorch"}
         plan = build_plan(an, removed, self.originals.tensors, mapping, source=source, unmapped=notes)
 
@@ -476,9 +600,9 @@ class ArtifactWriter:
 
         args = tuple(torch.as_tensor(inputs[n]) for n in module.input_names)
         ep = export_program(module, args)
+        _check_against_onnx(ep, out_dir / "pruned.onnx", pruned, inputs, module.input_names)
         pt2_path = out_dir / "pruned.pt2"
         torch.export.save(ep, str(pt2_path))
-        _check_against_onnx(pt2_path, out_dir / "pruned.onnx", pruned, inputs, module.input_names)
         return {"pruned.pt2": pt2_path, "plan.json": plan_path}
 
 
@@ -487,13 +611,18 @@ def _is_user_like(name: str) -> bool:
     return "." in name
 
 
-def _check_against_onnx(pt2: Path, onnx_path: Path, pruned: onnx.ModelProto, inputs: dict[str, np.ndarray],
-                        input_names: list[str]) -> None:
-    """The artifact must be what it claims: pruned.pt2 reloaded == pruned.onnx under onnxruntime."""
+def _check_against_onnx(
+    ep: torch.export.ExportedProgram,
+    onnx_path: Path,
+    pruned: onnx.ModelProto,
+    inputs: dict[str, np.ndarray],
+    input_names: list[str],
+) -> None:
+    """The artifact must be what it claims: the program == pruned.onnx under onnxruntime (checked in
+    memory; reloading the saved file would double the cost and test torch's serializer)."""
     import onnxruntime as ort
 
     with _quiet():
-        ep = torch.export.load(str(pt2))
         with torch.no_grad():
             got = ep.module()(*(torch.as_tensor(inputs[n]) for n in input_names))
     got_list = [got] if isinstance(got, torch.Tensor) else list(got)
@@ -508,8 +637,10 @@ def _check_against_onnx(pt2: Path, onnx_path: Path, pruned: onnx.ModelProto, inp
             err = float(np.abs(g_np - w).max()) if w.size else 0.0
             scale = max(1.0, float(np.abs(w).max()) if w.size else 0.0)
             if not err <= TOLERANCE * scale:
-                raise PT2ExportError(f"pruned.pt2 output {i} differs from pruned.onnx by {err:.3g} "
-                                     f"(tolerance {TOLERANCE * scale:.3g})")
+                raise PT2ExportError(
+                    f"pruned.pt2 output {i} differs from pruned.onnx by {err:.3g} "
+                    f"(tolerance {TOLERANCE * scale:.3g})"
+                )
         elif not np.array_equal(g_np, w):
             raise PT2ExportError(f"pruned.pt2 output {i} differs from pruned.onnx")
 
@@ -521,11 +652,11 @@ def open_pt2(path: Path, workdir: Path, input_shapes: Mapping[str, Sequence[int]
     """Load a PyTorch program, convert it to ONNX in ``workdir``; the Source's hook writes the
     PyTorch artifacts after pruning."""
     path = Path(path)
-    ep = load_program(path, input_shapes)
+    ep, input_names = load_program(path, input_shapes)
     originals = Originals.of(ep, path.name)
     workdir.mkdir(parents=True, exist_ok=True)
     onnx_path = workdir / f"{path.stem}.onnx"
-    to_onnx(ep, onnx_path)
+    to_onnx(ep, onnx_path, input_names)
     return Source(onnx_path, "pytorch", path, ArtifactWriter(originals))
 
 
@@ -537,15 +668,18 @@ def _quiet() -> Iterator[None]:
     """torch.export / torch.onnx print progress and warnings to stdout; the worker's log is not
     the place for them (failures are raised, with their first line)."""
     buf = io.StringIO()
-    noisy = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
-    level = noisy.level
-    noisy.setLevel(logging.ERROR)
+    # "torchvision is not installed", "dimension ... specialized": progress notes, not problems
+    noisy = [logging.getLogger(n) for n in ("torch.onnx._internal.exporter._registration", "torch._export")]
+    levels = [lg.level for lg in noisy]
+    for lg in noisy:
+        lg.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(buf), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        noisy.setLevel(level)
+        for lg, level in zip(noisy, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _first_line(e: BaseException) -> str:

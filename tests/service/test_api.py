@@ -378,3 +378,15 @@ def test_dashboard_page(api: Any) -> None:
     r = api.get("/")
     assert r.status_code == 200 and "SPA service" in r.text
     assert api.get("/static/dashboard.js").status_code == 200
+
+
+def test_pytorch_uploads_can_be_refused(backend: Any, auth: dict[str, str]) -> None:
+    """SPA_ALLOW_PYTORCH_UPLOADS=false: a .pt2 is a program; the operator refuses it with 403."""
+    settings = backend.settings("idle", allow_pytorch_uploads=False)
+    with make_client(settings) as client:
+        before = counts(settings), stored_blobs(settings)
+        data = _zip({"archive/data.pkl": b"x"})
+        body = problem(client.post("/v1/models", headers=auth,
+                                   files={"file": ("model.pt2", data, "application/octet-stream")}), 403)
+        assert "SPA_ALLOW_PYTORCH_UPLOADS" in body["detail"]
+        assert (counts(settings), stored_blobs(settings)) == before
