@@ -397,7 +397,7 @@ def test_corrupt_pt2_is_a_model_load_error(
         analyze(bad)
 
 
-def test_torchscript_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torchscript_archive(tmp_path: Path) -> None:
     """A traced TorchScript archive converts when input shapes are given (it records none)."""
     from pruning_core import api
     from pruning_core.frontends.pytorch import open_pt2
@@ -408,9 +408,9 @@ def test_torchscript_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(ModelLoadError, match="input_shapes"):
         open_pt2(tmp_path / "cnn.pt", tmp_path / "w0")
 
-    # api.prune does not pass spec.input_shapes to the frontend yet (see issue 7's report): do it here
+    with pytest.raises(ModelLoadError, match="input_shapes"):  # through the entry point too
+        api.prune(tmp_path / "cnn.pt", SPEC, tmp_path / "out0")
     shapes = {"x": [1, 3, 16, 16]}
-    monkeypatch.setattr(api, "open_model", lambda path, workdir: open_pt2(Path(path), workdir, shapes))
     result = api.prune(tmp_path / "cnn.pt", {**SPEC, "input_shapes": shapes}, tmp_path / "out")
     ep = torch.export.load(str(result.artifacts["pruned.pt2"]))
     assert set(ep.state_dict) == set(m.state_dict())
