@@ -79,16 +79,15 @@ def prune(model: str | os.PathLike[str], spec: PruneSpec | dict[str, Any], out_d
 def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
            data: str | os.PathLike[str] | None, progress: Progress | None) -> PruneResult:
     timings: dict[str, float] = {}
-    clock = [time.perf_counter()]
+    started: dict[str, float] = {}
 
     def stage(name: str, frac: float = 0.0, msg: str | None = None) -> None:
-        now = time.perf_counter()
+        started.setdefault(name, time.perf_counter())  # a stage's clock starts at its first report
         if progress is not None:
             progress(name, frac, msg)
-        clock[0] = now
 
     def done(name: str) -> None:
-        timings[name] = round(time.perf_counter() - clock[0], 4)
+        timings[name] = round(time.perf_counter() - started.get(name, time.perf_counter()), 4)
 
     stage("load", 0.0, f"loading {Path(model).name}")
     src = open_model(model, tmp, spec.input_shapes)
@@ -163,6 +162,8 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
         artifacts.update(src.artifacts(an, removed, pruned, out, spec))
     report = _report(g, an, removed, scores, spec, figures, verify_rep, timings)
     report["source"] = {"kind": src.kind, "name": Path(src.original).name}
+    if ctx.cache.get("stats"):  # e.g. OBSPA: the largest Hessian built
+        report["criterion_stats"] = ctx.cache["stats"]
     rep_path = out / "report.json"
     rep_path.write_text(json.dumps(report, indent=1))
     stage("save", 1.0, "done")

@@ -18,8 +18,11 @@ in onnxruntime: the original model, exactly as deployed, is what criteria such a
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from onnx import ModelProto, TensorProto, helper
@@ -28,6 +31,7 @@ from pruning_core import data as data_mod
 from pruning_core.errors import DataError
 from pruning_core.graph import Graph
 
+SYNTHESIZE = True    # False: plain Gaussian data-free inputs even for BatchNorm models (ablation)
 SYNTH_SAMPLES = 32   # data-free samples synthesized for models with BatchNorm
 SYNTH_STEPS = 50     # Adam steps on those inputs
 SYNTH_LR = 0.1       # in the model's normalized input space (unit scale)
@@ -56,8 +60,10 @@ def batches(g: Graph, data: dict[str, np.ndarray] | None = None, labels: np.ndar
             samples: int = 128, seed: int = 0) -> Iterator[Batch]:
     """Up to ``samples`` samples in batches of the model's batch size.
 
-    With data, the last batch is filled up by wrapping around (the model's batch size is fixed);
-    without data, ``ceil(samples / batch)`` data-free batches, each with its own seed."""
+    With data, the last batch is filled up by wrapping around (the model's batch size is fixed).
+    Without data: for BatchNorm models ``min(samples, SYNTH_SAMPLES)`` synthesized samples (rounded
+    up to whole batches: synthesis is the costly part, and matched statistics need few samples),
+    else ``ceil(samples / batch)`` Gaussian batches, each with its own seed."""
     bsz = model_batch(g)
     if data is None:
         synth = bn_matched(g, samples, seed)
@@ -99,15 +105,46 @@ def _float_inputs(g: Graph) -> list[str]:
 
 def synthesizes(g: Graph) -> bool:
     """Whether data-free batches of this model are BatchNorm-matched (else Gaussian)."""
-    return bool(_bn_nodes(g)) and bool(_float_inputs(g))
+    return SYNTHESIZE and bool(_bn_nodes(g)) and bool(_float_inputs(g))
+
+
+# Synthesized batches of recent models (a worker prunes one model with several specs; the bench
+# runs every criterion): keyed by the model file's identity, input shapes, samples, seed, steps.
+_SYNTH_CACHE: OrderedDict[tuple, list[Batch]] = OrderedDict()
+_SYNTH_CACHE_SIZE = 4
+
+
+def _synth_key(g: Graph, samples: int, seed: int, steps: int) -> tuple | None:
+    if g.path is None:
+        return None
+    try:
+        st = os.stat(g.path)
+    except OSError:
+        return None
+    shapes = tuple((n, tuple(g.shape(n))) for n in g.inputs)
+    return (str(Path(g.path).resolve()), st.st_mtime_ns, st.st_size, shapes, samples, seed, steps)
 
 
 def bn_matched(g: Graph, samples: int = SYNTH_SAMPLES, seed: int = 0,
-               steps: int = SYNTH_STEPS) -> list[Batch] | None:
+               steps: int | None = None) -> list[Batch] | None:
     """Data-free inputs whose BatchNorm batch statistics match the running statistics; None when
     the model has no BatchNorm with constant statistics, no float input, or the twin cannot run it."""
     if not synthesizes(g):
         return None
+    steps = SYNTH_STEPS if steps is None else steps
+    key = _synth_key(g, samples, seed, steps)
+    if key is not None and key in _SYNTH_CACHE:
+        _SYNTH_CACHE.move_to_end(key)
+        return _SYNTH_CACHE[key]
+    out = _synthesize(g, samples, seed, steps)
+    if key is not None and out is not None:
+        _SYNTH_CACHE[key] = out
+        while len(_SYNTH_CACHE) > _SYNTH_CACHE_SIZE:
+            _SYNTH_CACHE.popitem(last=False)
+    return out
+
+
+def _synthesize(g: Graph, samples: int, seed: int, steps: int) -> list[Batch] | None:
     bns, floats = _bn_nodes(g), _float_inputs(g)
     import torch
 
@@ -126,15 +163,15 @@ def bn_matched(g: Graph, samples: int = SYNTH_SAMPLES, seed: int = 0,
     # Optimize z in the model's normalized input space, x = (z - b) / a, so one learning rate fits.
     affine = {}
     for n in floats:
-        ab = data_mod._input_affine(g, n, list(g.shape(n)))
+        ab = data_mod.input_affine(g, n, list(g.shape(n)))
         a, b = ab if ab is not None else (np.ones(1), np.zeros(1))
-        affine[n] = (torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
+        affine[n] = (torch.tensor(np.array(a, np.float32)), torch.tensor(np.array(b, np.float32)))
     zs = [{n: torch.tensor(st[n] * affine[n][0].numpy() + affine[n][1].numpy(), dtype=torch.float32,
                            requires_grad=True) for n in floats} for st in starts]
     opt = torch.optim.Adam([z for d in zs for z in d.values()], lr=SYNTH_LR)
     names = [b.input[0] for b in bns]
-    target = [(torch.as_tensor(g.inits[b.input[3]], dtype=torch.float32),
-               torch.as_tensor(g.inits[b.input[4]], dtype=torch.float32)) for b in bns]
+    target = [(torch.tensor(np.array(g.inits[b.input[3]], np.float32)),
+               torch.tensor(np.array(g.inits[b.input[4]], np.float32))) for b in bns]
 
     def feeds(i: int) -> dict:
         out = {n: torch.as_tensor(v) for n, v in starts[i].items()}

@@ -35,7 +35,7 @@ def _index_bound(g: Graph, name: str) -> int | None:
     return bound
 
 
-def _input_affine(g: Graph, name: str, shape: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+def input_affine(g: Graph, name: str, shape: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
     """(a, b) with the model computing a * x + b from input ``name`` before anything else, when its
     first ops are Sub / Add / Mul / Div by constants (input normalization); None otherwise."""
     a, b = np.ones(1), np.zeros(1)
@@ -84,7 +84,7 @@ def synthetic_inputs(g: Graph, batch: int | None = None, seed: int = 0) -> dict[
         dtype = helper.tensor_dtype_to_np_dtype(g.dtypes.get(name, 1))
         if dtype.kind == "f":
             z = rng.standard_normal(shape)
-            affine = _input_affine(g, name, shape)
+            affine = input_affine(g, name, shape)
             if affine is not None:  # N(0, 1) where the model's own normalization puts its inputs
                 z = (z - affine[1]) / affine[0]
             feeds[name] = z.astype(dtype)

@@ -98,7 +98,7 @@ class PruneSpec(BaseModel):
     @field_validator("criterion")
     @classmethod
     def _known_criterion(cls, v: str) -> str:
-        from pruning_core.importance.names import CRITERIA
+        from pruning_core.criteria_names import CRITERIA
 
         if v not in CRITERIA:
             raise ValueError(f"unknown criterion {v!r}; known: {', '.join(sorted(CRITERIA))}")

@@ -8,5 +8,6 @@ from pruning_core.importance import magnitude  # noqa: F401  isort: skip
 from pruning_core.importance import datafree  # noqa: F401  isort: skip
 from pruning_core.importance import obspa  # noqa: F401  isort: skip
 from pruning_core.importance import gradient  # noqa: F401  isort: skip
+from pruning_core.importance import autobot  # noqa: F401  isort: skip
 
 __all__ = ["CRITERIA", "Criterion", "ScoreContext", "register", "score"]

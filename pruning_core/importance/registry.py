@@ -80,13 +80,20 @@ def score(ctx: ScoreContext) -> dict[int, np.ndarray]:
     if name not in CRITERIA:
         raise SpecError(f"unknown criterion {name!r}; known: {', '.join(sorted(CRITERIA))}")
     crit = CRITERIA[name]
+    report = ctx.progress
+    share = 0.9 if crit.prepare is not None else 0.0  # a whole-model pass dominates the time
     if crit.prepare is not None:
-        crit.prepare(ctx)
+        if report is not None:
+            ctx.progress = lambda f, m: report(share * f, m)
+        try:
+            crit.prepare(ctx)
+        finally:
+            ctx.progress = report
     out = {}
     prunable = [g for g in ctx.analysis.groups if g.prunable]
     for i, grp in enumerate(prunable):
         ps = crit.fn(ctx, grp)
         out[grp.id] = lift(ps, ctx.spec.group_reduction, crit.normalizer or ctx.spec.normalizer)
-        if ctx.progress is not None:
-            ctx.progress((i + 1) / max(1, len(prunable)), None)
+        if report is not None:
+            report(share + (1 - share) * (i + 1) / max(1, len(prunable)), None)
     return out

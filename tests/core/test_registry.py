@@ -1,7 +1,7 @@
 from __future__ import annotations
 
+from pruning_core.criteria_names import CRITERIA as NAMES
 from pruning_core.importance import CRITERIA
-from pruning_core.importance.names import CRITERIA as NAMES
 from pruning_core.ops import RULES
 
 

@@ -1,4 +1,6 @@
-"""Names of the registered criteria, importable without torch (the API validates specs with it).
+"""Names of the registered criteria, importable without torch or onnx: the API process validates
+specs with it. It lives outside ``pruning_core.importance``, whose package import loads the
+registry (onnx, numpy, the analysis).
 
 The registry in ``pruning_core.importance`` must register exactly these; a test checks it.
 """
@@ -24,4 +26,6 @@ CRITERIA: dict[str, tuple[bool, str]] = {
     "crop": (False, "CroP: |w * Hg|, gradient-flow preservation (pruning at init)"),
     "obspa": (False, "Optimal Brain Surgeon error of removing the channel from every consumer, with "
                      "least-squares compensation of the kept weights (no fine-tuning, data optional)"),
+    "autobot": (False, "AutoBot: trainable per-group channel gates trained with a FLOPs-target loss "
+                       "(distillation without labels, data-free inputs without data)"),
 }
