@@ -34,7 +34,7 @@ from pruning_core.verify import verify
 Progress = Callable[[str, float, str | None], None]
 
 STAGES = ["load", "analyze", "score", "select", "surgery", "verify", "compensate", "recover", "save",
-          "measure"]
+          "check", "measure"]
 
 
 class VerificationError(PruneError):
@@ -150,8 +150,10 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
     _save(pruned, onnx_path)
     if src.artifacts is None:
         del pruned  # from here on the file is the result: checked, run and timed from disk
-    onnx.checker.check_model(str(onnx_path), full_check=True)
     done("save")
+    stage("check", 0.0, "onnx full check of the saved file")
+    onnx.checker.check_model(str(onnx_path), full_check=True)
+    done("check")
 
     stage("measure", 0.0, "params, MACs, latency")
     figures = _measure(g.model, an, removed, onnx_path, inputs, spec.measure)

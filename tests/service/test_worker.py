@@ -5,6 +5,7 @@ worker is SIGKILLed mid-job. PostgreSQL + Redis, and SQLite + the SQLAlchemy bro
 from __future__ import annotations
 
 import hashlib
+import io
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,31 @@ def test_truncated_model_becomes_invalid_and_leaves_no_blob(
     body = problem(live.post("/v1/jobs", headers=auth, json={"model_id": model["id"], "spec": SPEC}), 422)
     assert "invalid" in body["detail"]
     problem(live.get(f"/v1/models/{model['id']}/groups", headers=auth), 409)
+
+
+def test_corrupt_pt2_becomes_invalid_and_worker_lives_on(
+    live: Any, auth: dict[str, str], zoo: dict[str, Path], tmp_path: Path,
+    live_worker: tuple[Settings, WorkerProc],
+) -> None:
+    """A .pt2 that is a zip (passes the API's sniff) but no ExportedProgram: the worker loads it,
+    fails cleanly, marks the model invalid with the reason, and goes on serving."""
+    settings, _ = live_worker
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x04garbage")
+        zf.writestr("archive/version", b"3\n")
+    bad = tmp_path / "broken.pt2"
+    bad.write_bytes(buf.getvalue())
+    r = upload(live, auth, bad)
+    assert r.status_code == 201
+    model = wait_model(live, auth, r.json()["id"])
+    assert model["state"] == "invalid" and model["reason"]
+    from tests.service.modelzoo import tiny_cnn
+
+    fresh = tiny_cnn(tmp_path / "fresh.onnx", seed=len(str(tmp_path)) + 17)  # new bytes: no dedup
+    good = upload(live, auth, fresh)
+    assert good.status_code == 201
+    assert wait_model(live, auth, good.json()["id"])["state"] == "ready"  # the same worker still works
 
 
 def test_dataset_names_checked_against_model(
