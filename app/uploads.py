@@ -144,3 +144,16 @@ def multipart_openapi(description: str, extra_fields: dict[str, Any] | None = No
             },
         }
     }
+
+
+def find_or_publish(session: Any, table: Any, owner: str, upload: Upload, store: BlobStore) -> Any | None:
+    """The owner's existing row for the same bytes (dedup per owner), or None once the bytes are
+    published to the store. Bytes go before the row: a row always points at a stored blob."""
+    import sqlalchemy as sa
+
+    existing = session.execute(
+        sa.select(table).where(table.owner_id == owner, table.sha256 == upload.sha256)
+    ).scalar_one_or_none()
+    if existing is None:
+        store.put_file(upload.staged.path, upload.sha256)
+    return existing

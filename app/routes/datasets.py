@@ -18,7 +18,7 @@ from app.npz import BadNpz, check_names, read_npz_header
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.schemas import DatasetOut, Page
 from app.storage import BlobStore
-from app.uploads import Upload, multipart_openapi, receive_upload
+from app.uploads import Upload, find_or_publish, multipart_openapi, receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -64,13 +64,10 @@ def _register_dataset(
                 check_names(arrays, model.summary)
         except BadNpz as e:
             raise ProblemError(422, str(e), title="Invalid dataset") from e
-        existing = session.execute(
-            sa.select(Dataset).where(Dataset.owner_id == owner, Dataset.sha256 == upload.sha256)
-        ).scalar_one_or_none()
+        existing = find_or_publish(session, Dataset, owner, upload, store)
         if existing is not None:
             response.status_code = 200
             return existing
-        store.put_file(upload.staged.path, upload.sha256)
     finally:
         upload.staged.discard()
     dataset = Dataset(

@@ -23,7 +23,7 @@ from app.errors import ProblemError, not_found, problems
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.schemas import GroupsOut, ModelOut, Page
 from app.storage import BlobStore, StagedFile
-from app.uploads import Upload, multipart_openapi, receive_upload
+from app.uploads import Upload, find_or_publish, multipart_openapi, receive_upload
 from app.zipcheck import UnsafeZip, check_zip
 from worker.celery_app import TASK_VALIDATE_MODEL
 
@@ -108,14 +108,10 @@ def _register_model(
         if fmt == "pt2" and not settings.allow_pytorch_uploads:
             raise ProblemError(403, "PyTorch (.pt2) uploads are disabled on this server (SPA_ALLOW_PYTORCH_UPLOADS)")
         sniff_model(upload.staged, fmt, settings.max_upload_bytes * 4)
-        existing = session.execute(
-            sa.select(Model).where(Model.owner_id == owner, Model.sha256 == upload.sha256)
-        ).scalar_one_or_none()
+        existing = find_or_publish(session, Model, owner, upload, store)
         if existing is not None:
             response.status_code = 200
             return existing
-        # Publish the bytes before the row: a row always points at a stored blob.
-        store.put_file(upload.staged.path, upload.sha256)
     finally:
         upload.staged.discard()
     model = Model(
