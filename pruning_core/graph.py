@@ -352,8 +352,8 @@ def fold_constants(g: Graph) -> bool:
         if node.domain in ("", "ai.onnx") and node.op_type not in NO_FOLD:
             if node.op_type == "Shape" and node.input[0] in g.shapes:
                 shp = np.array(g.shapes[node.input[0]], dtype=np.int64)
-                start = _attr(node, "start", 0)
-                end = _attr(node, "end", None)
+                start = attr(node, "start", 0)
+                end = attr(node, "end", None)
                 folded = [shp[start:end]]
             elif node.op_type == "Size" and node.input[0] in g.shapes:
                 folded = [np.array(int(np.prod(g.shapes[node.input[0]])), dtype=np.int64)]
@@ -399,11 +399,9 @@ def _prune_dead(g: Graph) -> None:
         g.inits = {k: v for k, v in g.inits.items() if k in needed}
 
 
-def _attr(node: NodeProto, name: str, default):
+def attr(node: NodeProto, name: str, default):
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
 
-
-attr = _attr

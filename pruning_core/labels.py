@@ -52,9 +52,6 @@ class UnionFind:
         p[x] = r  # path compression for the queried ids
         return r
 
-    def find(self, x: int) -> int:
-        return int(self.find_many(np.array([x], dtype=np.int64))[0])
-
     def union_many(self, a: np.ndarray, b: np.ndarray) -> None:
         """Union a[i] with b[i] for all i. The smaller id becomes the root (deterministic)."""
         a = np.asarray(a, dtype=np.int64).ravel()
@@ -68,10 +65,6 @@ class UnionFind:
             lo, hi = np.minimum(ra, rb), np.maximum(ra, rb)
             # duplicate `hi` entries: one write wins; the loop re-checks the others
             self._parent[hi] = lo
-
-    def union(self, a: int, b: int) -> int:
-        self.union_many(np.array([a]), np.array([b]))
-        return self.find(a)
 
     def all_roots(self) -> np.ndarray:
         return self.find_many(np.arange(self.size, dtype=np.int64)) if self.size else np.zeros(0, np.int64)
@@ -300,7 +293,7 @@ class LabelCtx:
             else:
                 c = self.const(name)
                 if c is None:
-                    raise _NotConst(name)
+                    raise NotConst(name)
                 feeds.append(c)
         return run_node(node, feeds, self.g.opset)
 
@@ -308,8 +301,5 @@ class LabelCtx:
         return attr(node, name, default)
 
 
-class _NotConst(Exception):
-    pass
-
-
-NotConst = _NotConst
+class NotConst(Exception):
+    """A movement op's shape / index input is not a constant."""

@@ -75,8 +75,6 @@ class SurgeryCtx:
         self._inits[name] = self.model.graph.initializer[-1]
         node.input[index] = name
 
-    set_shape_input = set_const_input
-
 
 def apply(an: Analysis, removed: np.ndarray) -> ModelProto:
     """A new model with the channels ``removed[cid]`` cut out."""

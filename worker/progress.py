@@ -12,19 +12,14 @@ from app.db.session import session_scope
 MIN_INTERVAL_S = 0.5  # between DB writes for plain progress ticks
 MIN_STEP = 0.05  # a progress event at least every 5 %
 # The library reports a fraction per stage; the job shows one overall fraction, so stages are laid
-# end to end: the worker's own fetch / store around the library's stages (``pruning_core.api.STAGES``
-# when it publishes them). The bar never moves back, even if a stage comes out of order.
-DEFAULT_STAGES = ("load", "analyze", "score", "select", "surgery", "verify", "measure", "save")
+# end to end: the worker's own fetch / store around the library's stages (``pruning_core.api.STAGES``).
+# The bar never moves back, even if a stage comes out of order.
 
 
 def stage_order() -> tuple[str, ...]:
-    try:
-        from pruning_core.api import STAGES
+    from pruning_core.api import STAGES  # lazy: the library is heavy and only the worker runs this
 
-        library = tuple(STAGES)
-    except (ImportError, AttributeError, TypeError):
-        library = DEFAULT_STAGES
-    return ("fetch", *library, "store")
+    return ("fetch", *STAGES, "store")
 
 
 def overall(order: tuple[str, ...], stage: str, fraction: float, previous: float) -> float:

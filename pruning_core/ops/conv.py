@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto, helper
 
-from pruning_core.labels import LabelCtx
+from pruning_core.labels import LabelCtx, none_labels
 from pruning_core.ops.common import as_axis
 from pruning_core.ops.registry import rule
 
@@ -74,7 +74,7 @@ def conv_transpose(ctx: LabelCtx, node: NodeProto) -> None:
     if not ctx.is_param(w) or group != 1:
         ctx.block(ctx.lab(x), f"ConvTranspose {node.name!r} with group={group} or a computed weight")
         if ctx.is_param(w):
-            ctx.set(out, none_like(rank))
+            ctx.set(out, none_labels(rank))
         return
     xl = ctx.along(x, 1, node)
     ctx.union(xl, ctx.pvar(w, 0))
@@ -84,6 +84,3 @@ def conv_transpose(ctx: LabelCtx, node: NodeProto) -> None:
     ctx.consumer(node, 0)
     ctx.set(out, as_axis(out_lab, rank, 1))
 
-
-def none_like(rank: int) -> np.ndarray:
-    return np.full((1,) * rank, -1, dtype=np.int64)

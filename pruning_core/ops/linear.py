@@ -33,13 +33,11 @@ def matmul(ctx: LabelCtx, node: NodeProto) -> None:
     if pa and pb:
         return
     if pb and rb == 2:  # X @ W: W rows consume, W columns produce
-        k = ctx.shape(a)[-1]
         if ctx.varies(a, -1):
             ctx.union(ctx.along(a, -1, node), ctx.pvar(b, 0))
         ctx.consumer(node, 0)
         rest = _rest(ctx.lab(a), ra - 1)
         lab = ctx.combine([pad_rank(rest, rank), as_axis(ctx.producer(b, 1), rank, -1)])
-        del k
         ctx.set(out, lab)
         return
     if pa and ra == 2:  # W @ X: W columns consume X rows, W rows produce output rows

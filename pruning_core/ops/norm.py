@@ -84,9 +84,7 @@ def layer_norm(ctx: LabelCtx, node: NodeProto) -> None:
                     if 0 <= pax < len(pshape) and pshape[pax] == size:
                         ctx.union(ctx.pvar(p, pax), vec)
     ctx.consumer(node, 0)
-    ctx.set(node.output[0], lab)
-    for o in node.output[1:]:  # mean / inv std outputs: statistics, no channels
-        del o
+    ctx.set(node.output[0], lab)  # outputs 1, 2 (mean, inv std) are statistics: no channels
 
 
 @rule("LpNormalization", "LRN", "MeanVarianceNormalization")

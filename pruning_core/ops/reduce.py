@@ -103,7 +103,7 @@ def pool(ctx: LabelCtx, node: NodeProto) -> None:
 
 def _rewrite_resize(sx, node: NodeProto) -> None:
     if len(node.input) > 3 and node.input[3]:
-        sx.set_shape_input(node, 3, sx.new_shape(node.output[0]))
+        sx.set_const_input(node, 3, sx.new_shape(node.output[0]))
 
 
 @rule("Resize", "Upsample", rewrite=_rewrite_resize)

@@ -49,7 +49,7 @@ def _rewrite_split(sx, node: NodeProto) -> None:
 
 
 def _rewrite_slice(sx, node: NodeProto) -> None:
-    x, out = node.input[0], node.output[0]
+    x = node.input[0]
     old_in, new_in = sx.old_shape(x), sx.new_shape(x)
     if old_in == new_in:
         return
@@ -78,7 +78,6 @@ def _rewrite_slice(sx, node: NodeProto) -> None:
         ends[i] = end if end >= 0 else np.iinfo(np.int64).min
     sx.set_const_input(node, 1, starts)
     sx.set_const_input(node, 2, ends)
-    del out
 
 
 def _rewrite_gather(sx, node: NodeProto) -> None:
