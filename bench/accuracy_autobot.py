@@ -54,7 +54,7 @@ def _recover(path: Path, pruned: Path, x: np.ndarray, y: np.ndarray, out: Path) 
                                      "seed": SEED})
     g = graph_mod.load(path, spec.input_shapes)
     t0 = time.perf_counter()
-    model = recover.recover(g.model, onnx.load(str(pruned)), spec, {"x": x}, y)
+    model = recover.recover(g.full_model(), onnx.load(str(pruned)), spec, {"x": x}, y)
     seconds = time.perf_counter() - t0
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(out))

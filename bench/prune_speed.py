@@ -10,8 +10,9 @@ Models are transformers configs at their defaults (ResNetConfig = ResNet-50 layo
 Each measurement runs in its own subprocess, so peak memory is that tool's alone:
 - ours: the model is exported to ONNX first (a separate subprocess, timed, cached under --work); then
   pruning_core.api.prune(path, {channels: RATIO, l1, global}) = load, analyze, score, select, surgery,
-  verify, save, check, measure. "core" is that minus verify, check (onnx full check) and measure:
-  self-checks Torch-Pruning does not do (its forward check is not timed either).
+  verify, save, check, measure ("full"). "core" is a second run, in its own process, with
+  ``verify: false, measure: false``: load -> analyze -> prune -> save (+ the graph check, ms), what
+  Torch-Pruning does (its forward check is not timed either). Both are timed and measured directly.
 - tp: Torch-Pruning on the same torch model: DependencyGraph + MetaPruner with L1 group magnitude,
   global, the same channel ratio, classifier ignored, attention head dims pruned (num_heads given),
   then torch.save of the pruned model; a forward pass checks the result (not timed).
@@ -106,10 +107,12 @@ def worker_export(name: str, out: Path, exporter: str) -> dict[str, Any]:
     return {"export_seconds": seconds, "params": params, "onnx_bytes": out.stat().st_size}
 
 
-def worker_ours(path: Path, ratio: float) -> dict[str, Any]:
+def worker_ours(path: Path, ratio: float, mode: str) -> dict[str, Any]:
     from pruning_core.api import prune
 
-    spec = {"target": {"channels": ratio}, "criterion": "l1", "scope": "global"}
+    spec: dict[str, Any] = {"target": {"channels": ratio}, "criterion": "l1", "scope": "global"}
+    if mode == "core":
+        spec |= {"verify": False, "measure": False}
     with tempfile.TemporaryDirectory() as out:
 
         def run() -> dict[str, Any]:
@@ -122,11 +125,7 @@ def worker_ours(path: Path, ratio: float) -> dict[str, Any]:
                 "verify_max_error": rep["verify"].get("max_error"),
             }
 
-        res = measured(run)
-    st = res["stages"]
-    # core: what Torch-Pruning also does (no self-checks: verify, the ONNX full check, measure)
-    res["core_seconds"] = sum(v for k, v in st.items() if k not in ("verify", "check", "measure"))
-    return res
+        return measured(run)
 
 
 QKV_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"))
@@ -246,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "export":
             res = worker_export(rest[0], Path(rest[1]), rest[2])
         elif kind == "ours":
-            res = worker_ours(Path(rest[0]), float(rest[1]))
+            res = worker_ours(Path(rest[0]), float(rest[1]), rest[2])
         else:
             res = worker_tp(rest[0], float(rest[1]))
         print(json.dumps(res))
@@ -259,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         r: dict[str, Any] = {"export": _spawn(["export", name, str(path), args.exporter], args.timeout)}
         print(f"{name}: export {r['export']}", flush=True)
         if "ours" not in args.skip and "error" not in r["export"]:
-            r["ours"] = _spawn(["ours", str(path), str(args.ratio)], args.timeout)
-            print(f"{name}: ours {r['ours']}", flush=True)
+            for mode in ("core", "full"):
+                r[mode] = _spawn(["ours", str(path), str(args.ratio), mode], args.timeout)
+                print(f"{name}: ours ({mode}) {r[mode]}", flush=True)
         if "tp" not in args.skip:
             r["tp"] = _spawn(["tp", name, str(args.ratio)], args.timeout)
             print(f"{name}: tp {r['tp']}", flush=True)
@@ -271,23 +271,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"channels {args.ratio}, l1, global; exporter {args.exporter}; times in s (wall), memory in MiB")
     print(f"{os.cpu_count()} CPUs, load average {load} (timings are only comparable on an idle machine)")
     head = (
-        f"{'model':10s} {'size':>6s} {'export':>7s} {'ours':>7s} {'core':>7s} {'TP':>7s} "
-        f"{'ours/TP':>7s} {'core/TP':>7s} {'oursMem':>8s} {'TPmem':>8s} {'mem/TP':>6s} {'mem/size':>8s} TP ok"
+        f"{'model':10s} {'size':>6s} {'export':>7s} {'full':>7s} {'core':>7s} {'TP':>7s} {'core/TP':>7s} "
+        f"{'fullMem':>8s} {'coreMem':>8s} {'TPmem':>8s} {'full/size':>9s} {'core/size':>9s} TP ok"
     )
     print(head)
     print("-" * len(head))
     for name, r in results.items():
-        ex, ours, tpr = r["export"], r.get("ours", {}), r.get("tp", {})
+        ex, full, core, tpr = r["export"], r.get("full", {}), r.get("core", {}), r.get("tp", {})
         size = 4 * ex.get("params", 0)
-        o_s, c_s, t_s = ours.get("seconds"), ours.get("core_seconds"), tpr.get("seconds")
-        o_m, t_m = ours.get("peak_rss_rise"), tpr.get("peak_rss_rise")
+        f_s, c_s, t_s = full.get("seconds"), core.get("seconds"), tpr.get("seconds")
+        f_m, c_m, t_m = full.get("peak_rss_rise"), core.get("peak_rss_rise"), tpr.get("peak_rss_rise")
         exp_s = ex.get("export_seconds")
         print(
             f"{name:10s} {_mb(size)[-6:]} {exp_s if exp_s is None else round(exp_s, 1)!s:>7s} "
-            f"{o_s or 0:7.2f} {c_s or 0:7.2f} {t_s or 0:7.2f} {_ratio(o_s, t_s):>7s} {_ratio(c_s, t_s):>7s} "
-            f"{_mb(o_m or 0)} {_mb(t_m or 0)} {_ratio(o_m, t_m)} {_ratio(o_m, size):>8s} {tpr.get('forward_ok')}"
+            f"{f_s or 0:7.2f} {c_s or 0:7.2f} {t_s or 0:7.2f} {_ratio(c_s, t_s):>7s} "
+            f"{_mb(f_m or 0)} {_mb(c_m or 0)} {_mb(t_m or 0)} {_ratio(f_m, size):>9s} {_ratio(c_m, size):>9s} "
+            f"{tpr.get('forward_ok')}"
         )
-        for tool in ("ours", "tp"):
+        for tool in ("full", "core", "tp"):
             if "error" in r.get(tool, {}):
                 print(f"  {tool} failed: {r[tool]['error']}")
     if args.json:

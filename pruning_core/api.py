@@ -30,6 +30,7 @@ from pruning_core.importance import CRITERIA, ScoreContext, score
 from pruning_core.selection import candidates, select
 from pruning_core.spec import PruneSpec
 from pruning_core.verify import verify
+from pruning_core.weights import LightModel
 
 Progress = Callable[[str, float, str | None], None]
 
@@ -110,7 +111,7 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
     done("select")
 
     stage("surgery", 0.0, f"removing {int(removed.sum())} channels")
-    pruned = surgery.apply(an, removed)
+    pruned: LightModel | ModelProto = surgery.apply_light(an, removed)
     done("surgery")
 
     crit = CRITERIA[spec.criterion]
@@ -119,7 +120,7 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
     if spec.verify:
         stage("verify", 0.0, "masked-equivalence check")
         exact_removed = _exact_only(an, removed)
-        exact_model = pruned if exact_removed.sum() == removed.sum() else surgery.apply(an, exact_removed)
+        exact_model = pruned if exact_removed.sum() == removed.sum() else surgery.apply_light(an, exact_removed)
         verify_rep = verify(an, exact_removed, exact_model, inputs)
         if exact_removed.sum() != removed.sum():
             approx = verify(an, removed, pruned, inputs)
@@ -133,14 +134,14 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
 
     if crit.compensate is not None:
         stage("compensate", 0.0, f"{spec.criterion} weight compensation")
-        pruned = crit.compensate(ctx, removed, pruned)
+        pruned = crit.compensate(ctx, removed, _full(pruned))
         done("compensate")
 
     if spec.recover is not None:
         from pruning_core import recover
 
         stage("recover", 0.0, f"{spec.recover.method}, {spec.recover.steps} steps")
-        pruned = recover.recover(g.model, pruned, spec, calib, labels,
+        pruned = recover.recover(g.full_model(), _full(pruned), spec, calib, labels,
                                  progress=lambda f, m: stage("recover", f, m))
         done("recover")
 
@@ -148,20 +149,23 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "pruned.onnx"
     _save(pruned, onnx_path)
-    if src.artifacts is None:
-        del pruned  # from here on the file is the result: checked, run and timed from disk
     done("save")
-    stage("check", 0.0, "onnx full check of the saved file")
-    onnx.checker.check_model(str(onnx_path), full_check=True)
+    # The graph is checked with its weights as typed inputs: full_check (strict shape inference)
+    # without serializing the weights; the writer checked every array against its declaration.
+    stage("check", 0.0, "onnx full check of the pruned graph")
+    onnx.checker.check_model(graph_mod.skeleton(pruned.proto if isinstance(pruned, LightModel) else pruned),
+                             full_check=True)
     done("check")
+    if src.artifacts is None:
+        del pruned  # from here on the file is the result: run and timed from disk
 
     stage("measure", 0.0, "params, MACs, latency")
-    figures = _measure(g.model, an, removed, onnx_path, inputs, spec.measure)
+    figures = _measure(g, an, removed, onnx_path, inputs, tmp, spec.measure)
     done("measure")
 
     artifacts = {"pruned.onnx": onnx_path}
     if src.artifacts is not None:
-        artifacts.update(src.artifacts(an, removed, pruned, out, spec))
+        artifacts.update(src.artifacts(an, removed, _full(pruned), out, spec))
     report = _report(g, an, removed, scores, spec, figures, verify_rep, timings)
     report["source"] = {"kind": src.kind, "name": Path(src.original).name}
     if ctx.cache.get("stats"):  # e.g. OBSPA: the largest Hessian built
@@ -186,27 +190,35 @@ def _exact_only(an: Analysis, removed: np.ndarray) -> np.ndarray:
     return exact
 
 
-def _measure(original: ModelProto, an: Analysis, removed: np.ndarray, pruned: Path,
-             inputs: dict[str, np.ndarray], timed: bool = True) -> dict[str, Any]:
+def _measure(g: graph_mod.Graph, an: Analysis, removed: np.ndarray, pruned: Path,
+             inputs: dict[str, np.ndarray], tmp: Path, timed: bool = True) -> dict[str, Any]:
     """Figures of the normalized original (constants folded like the result, so the ratio shows
-    what pruning did) vs the pruned file; one session each."""
+    what pruning did) vs the pruned file; one onnxruntime session from each file, one at a time."""
     counts = {"params_before": an.params(), "params_after": an.params(removed),
               "macs_before": an.macs(), "macs_after": an.macs(removed)}
     if not timed:
         none = {"median_ms": None, "runs": 0, "threads": 1}
         return {**counts, "latency_before": none, "latency_after": none,
                 "fidelity": {"cosine": None, "max_rel_error": None}}
-    before_sess, after_sess = metrics.session(original), metrics.session(pruned)
-    return {
-        **counts,
-        "latency_before": metrics.latency_ms(before_sess, inputs),
-        "latency_after": metrics.latency_ms(after_sess, inputs),
-        "fidelity": metrics.fidelity(metrics.run(before_sess, inputs), metrics.run(after_sess, inputs)),
-    }
+    original = tmp / "normalized.onnx"
+    g.light().save(original)
+    sess = metrics.session(original)
+    before, ref = metrics.latency_ms(sess, inputs), metrics.run(sess, inputs)
+    del sess
+    original.unlink()
+    sess = metrics.session(pruned)
+    after, out = metrics.latency_ms(sess, inputs), metrics.run(sess, inputs)
+    return {**counts, "latency_before": before, "latency_after": after, "fidelity": metrics.fidelity(ref, out)}
 
 
-def _save(m: ModelProto, path: Path) -> None:
-    if m.ByteSize() > 1_800_000_000:
+def _full(m: LightModel | ModelProto) -> ModelProto:
+    return m.full() if isinstance(m, LightModel) else m
+
+
+def _save(m: LightModel | ModelProto, path: Path) -> None:
+    if isinstance(m, LightModel):
+        m.save(path)
+    elif m.ByteSize() > 1_800_000_000:
         onnx.save(m, str(path), save_as_external_data=True, location=path.name + ".data")
     else:
         onnx.save(m, str(path))

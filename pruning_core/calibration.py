@@ -30,6 +30,8 @@ from onnx import ModelProto, TensorProto, helper
 from pruning_core import data as data_mod
 from pruning_core.errors import DataError
 from pruning_core.graph import Graph
+from pruning_core.metrics import FedSession
+from pruning_core.weights import LightModel, stubs_as_inputs
 
 SYNTHESIZE = True    # False: plain Gaussian data-free inputs even for BatchNorm models (ablation)
 SYNTH_SAMPLES = 32   # data-free samples synthesized for models with BatchNorm
@@ -152,7 +154,7 @@ def _synthesize(g: Graph, samples: int, seed: int, steps: int) -> list[Batch] | 
     from pruning_core.executor import OnnxTwin
 
     try:
-        twin = OnnxTwin(g.model)
+        twin = OnnxTwin(g.full_model())
     except UnsupportedOpError:
         return None
     twin.eval()
@@ -198,7 +200,7 @@ def _synthesize(g: Graph, samples: int, seed: int, steps: int) -> list[Batch] | 
     return out
 
 
-def with_outputs(g: Graph, tensors: Iterable[str]) -> ModelProto:
+def with_outputs(g: Graph, tensors: Iterable[str]) -> LightModel:
     """A copy of the model that also outputs ``tensors`` (intermediate activations)."""
     m = ModelProto()
     m.CopyFrom(g.model)
@@ -210,10 +212,10 @@ def with_outputs(g: Graph, tensors: Iterable[str]) -> ModelProto:
             raise ValueError(f"{t!r} is an initializer, not an activation")
         m.graph.output.append(helper.make_tensor_value_info(t, g.dtypes.get(t, TensorProto.FLOAT), None))
         have.add(t)
-    return m
+    return LightModel(m, g.inits)
 
 
-def session(model: ModelProto):
+def session(model: LightModel):
     """An onnxruntime session on every core whose threads do not spin between runs: the caller
     does heavy numpy / torch work between runs, and spinning threads would starve it."""
     import onnxruntime as ort
@@ -222,7 +224,9 @@ def session(model: ModelProto):
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(stubs_as_inputs(model.proto).SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    return FedSession(sess, model.feeds())
 
 
 def capture(g: Graph, tensors: list[str],
@@ -238,6 +242,6 @@ def capture(g: Graph, tensors: list[str],
 
 def outputs(g: Graph, source: Iterable[Batch]) -> Iterator[tuple[Batch, list[np.ndarray]]]:
     """The model's own outputs per batch (teacher outputs for distillation)."""
-    sess = session(g.model)
+    sess = session(g.light())
     for b in source:
         yield b, sess.run(None, b.feeds)

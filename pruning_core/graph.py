@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
+from pruning_core import weights
 from pruning_core.errors import ModelLoadError, SpecError
 
 # Folding: never fold through an original initializer bigger than this (a weight): folding
@@ -40,6 +41,14 @@ class Graph:
     original_inits: set[str] = field(default_factory=set)
     producer: dict[str, NodeProto] = field(default_factory=dict)
     consumers: dict[str, list[tuple[NodeProto, int]]] = field(default_factory=dict)
+
+    def light(self) -> weights.LightModel:
+        return weights.LightModel(self.model, self.inits)
+
+    def full_model(self) -> ModelProto:
+        """A complete copy of the model, weights inside (for the torch twin and other consumers
+        that need one ModelProto; the pipeline itself never builds it)."""
+        return weights.materialize(self.model, self.inits)
 
     @property
     def nodes(self) -> list[NodeProto]:
@@ -70,57 +79,22 @@ class Graph:
 # ----------------------------------------------------------------------------------- loading
 
 
-def read_model(path: str | os.PathLike[str]) -> ModelProto:
-    """Read an ONNX file; external data only from inside the model's own folder."""
-    p = Path(path)
-    if not p.exists():
-        raise ModelLoadError(f"model file not found: {p}")
-    if not p.is_file():
-        raise ModelLoadError(f"not a file: {p}")
-    try:
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception as e:  # protobuf DecodeError and friends
-        raise ModelLoadError(f"{p.name} is not a valid ONNX model ({type(e).__name__}: {e})") from None
-    if not model.graph.node:
-        raise ModelLoadError(f"{p.name} is not a valid ONNX model (empty graph)")
-    base = p.resolve().parent
-    for t in _all_tensors(model):
-        if t.data_location == TensorProto.EXTERNAL:
-            loc = next((e.value for e in t.external_data if e.key == "location"), "")
-            target = (base / loc).resolve()
-            if not loc or os.path.isabs(loc) or ".." in Path(loc).parts or base not in target.parents:
-                raise ModelLoadError(f"external data location {loc!r} of {t.name!r} leaves the model's folder")
-            if not target.is_file():
-                raise ModelLoadError(f"external data file {loc!r} of {t.name!r} is missing")
-    try:
-        onnx.load_external_data_for_model(model, str(base))
-    except Exception as e:
-        raise ModelLoadError(f"cannot read external data of {p.name}: {e}") from None
-    return model
-
-
-def _all_tensors(model: ModelProto):
-    yield from model.graph.initializer
-    for node in model.graph.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR:
-                yield a.t
-
-
 def load(model: str | os.PathLike[str] | ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Graph:
     """Read (if a path) and normalize a model. ``input_shapes`` fixes dynamic input dims."""
     path = None
+    arrays: dict[str, np.ndarray] = {}
     if isinstance(model, ModelProto):
         m = ModelProto()
         m.CopyFrom(model)
     else:
         path = Path(model)
-        m = read_model(path)
+        m, arrays = weights.read(path)
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset == 0:
         raise ModelLoadError("model has no default-domain opset import")
-    if opset < 11:
-        m = onnx.version_converter.convert_version(m, 13)
+    if opset < 11:  # old models are small: convert the complete proto
+        m = onnx.version_converter.convert_version(weights.materialize(m, arrays), 13)
+        arrays = {}
         opset = 13
     # A newer onnx stamps an IR version runtimes may not know yet; what the model needs is the
     # minimum IR version for its opsets.
@@ -134,16 +108,18 @@ def load(model: str | os.PathLike[str] | ModelProto, input_shapes: dict[str, lis
     original = {t.name for t in m.graph.initializer}
     _constants_to_initializers(m)
     _drop_initializer_inputs(m)
-    _unshare_vectors(m)
+    weights.strip(m, arrays)
+    _unshare_vectors(m, arrays)
     original |= {t.name for t in m.graph.initializer}
     _fix_input_shapes(m, input_shapes or {})
-    g = Graph(model=m, path=path, inits={}, shapes={}, dtypes={}, inputs=[i.name for i in m.graph.input],
+    g = Graph(model=m, path=path, inits=arrays, shapes={}, dtypes={}, inputs=[i.name for i in m.graph.input],
               outputs=[o.name for o in m.graph.output], opset=opset, original_inits=original)
     _refresh(g)
     for _ in range(4):
         if not fold_constants(g):
             break
         _refresh(g)
+        weights.strip(m, g.inits)
     _prune_dead(g)
     g.index()
     return g
@@ -169,7 +145,7 @@ def _refresh(g: Graph) -> None:
             out.CopyFrom(inf)
     known = g.inits
     g.inits = {t.name: known[t.name] if t.name in known and known[t.name].shape == tuple(t.dims)
-               else to_array(t) for t in m.graph.initializer}
+               else to_array(t) for t in m.graph.initializer}  # stubs: always known
     g.shapes, g.dtypes = {}, {}
     for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
         tt = vi.type.tensor_type
@@ -185,20 +161,23 @@ def _refresh(g: Graph) -> None:
     g.index()
 
 
-SKELETON_MAX = 1024  # initializers up to this size stay (shape constants must propagate)
+SKELETON_MAX = weights.INLINE_MAX  # initializers up to this size stay (shape constants must propagate)
 
 
 def skeleton(m: ModelProto) -> ModelProto:
+    """The graph with stubs and large initializers as typed inputs: shape inference never
+    serializes the weights."""
     sk = ModelProto()
     sk.ir_version = m.ir_version
     sk.opset_import.extend(m.opset_import)
+    sk.functions.extend(m.functions)
     graph = sk.graph
     graph.name = m.graph.name
     graph.node.extend(m.graph.node)
     graph.input.extend(m.graph.input)
     graph.output.extend(m.graph.output)
     for t in m.graph.initializer:
-        if np.prod(t.dims, dtype=np.int64) <= SKELETON_MAX:
+        if not weights.is_stub(t) and np.prod(t.dims, dtype=np.int64) <= SKELETON_MAX:
             graph.initializer.append(t)
         else:
             graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
@@ -250,7 +229,7 @@ def _constants_to_initializers(m: ModelProto) -> None:
     m.graph.node.extend(keep)
 
 
-def _unshare_vectors(m: ModelProto) -> None:
+def _unshare_vectors(m: ModelProto, arrays: dict[str, np.ndarray]) -> None:
     """Give every user of a shared 1-D initializer its own copy.
 
     The dynamo exporter's optimizer merges equal constants: every zero bias and every LayerNorm
@@ -270,6 +249,8 @@ def _unshare_vectors(m: ModelProto) -> None:
             copy = TensorProto()
             copy.CopyFrom(t)
             copy.name = f"{name}__{k}"
+            if name in arrays:  # a stub: the copy shares the (read-only) data
+                arrays[copy.name] = arrays[name]
             m.graph.initializer.append(copy)
             node.input[i] = copy.name
 

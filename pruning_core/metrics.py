@@ -14,6 +14,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto
 
 from pruning_core.graph import Graph, attr
+from pruning_core.weights import LightModel, stubs_as_inputs
 
 ShapeFn = Callable[[str], tuple[int, ...]]
 
@@ -50,19 +51,42 @@ def count_macs(g: Graph) -> int:
     return int(sum(node_macs(n, g.shape) for n in g.nodes))
 
 
-def session(model: ModelProto | str, threads: int = 1):
+def session(model: ModelProto | LightModel | str, threads: int = 1):
+    """An onnxruntime session on a path, a ModelProto or a light model (:class:`FedSession`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if isinstance(model, LightModel):
+        sk = stubs_as_inputs(model.proto)
+        return FedSession(ort.InferenceSession(sk.SerializeToString(), opts, providers=["CPUExecutionProvider"]),
+                          model.feeds())
     src = model.SerializeToString() if isinstance(model, ModelProto) else str(model)
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
+class FedSession:
+    """A session whose weights are graph inputs, fed from the light model's arrays on every run:
+    onnxruntime reads numpy memory in place, so no copy of the weights is ever made. For
+    checks, not for latency (constant weights enable optimizations inputs do not)."""
+
+    def __init__(self, sess, weights: dict[str, np.ndarray]) -> None:
+        self.sess, self.weights = sess, weights
+
+    def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.sess.run(output_names, {**feeds, **self.weights})
+
+    def get_inputs(self):
+        return [i for i in self.sess.get_inputs() if i.name not in self.weights]
+
+    def get_outputs(self):
+        return self.sess.get_outputs()
+
+
 def run(model, inputs: dict[str, np.ndarray], threads: int = 0) -> list[np.ndarray]:
-    """Outputs of a path / ModelProto / InferenceSession on ``inputs``."""
+    """Outputs of a path / ModelProto / LightModel / session on ``inputs``."""
     sess = model if hasattr(model, "run") else session(model, threads)
     return sess.run(None, inputs)
 

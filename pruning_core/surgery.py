@@ -8,9 +8,11 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, ModelProto, NodeProto, numpy_helper
 
+from pruning_core import weights
 from pruning_core.graph import attr, skeleton
 from pruning_core.groups import Analysis
 from pruning_core.ops import RULES
+from pruning_core.weights import LightModel
 
 
 class SurgeryError(RuntimeError):
@@ -18,8 +20,9 @@ class SurgeryError(RuntimeError):
 
 
 class SurgeryCtx:
-    def __init__(self, an: Analysis, removed: np.ndarray, model: ModelProto) -> None:
-        self.an, self.removed, self.model = an, removed, model
+    def __init__(self, an: Analysis, removed: np.ndarray, model: ModelProto,
+                 arrays: dict[str, np.ndarray]) -> None:
+        self.an, self.removed, self.model, self.arrays = an, removed, model, arrays
         self.g = an.graph
         self._inits = {t.name: t for t in model.graph.initializer}
 
@@ -68,6 +71,7 @@ class SurgeryCtx:
         users = self.g.consumers.get(old, [])
         if len(users) <= 1 and old in self._inits:
             self._inits[old].CopyFrom(numpy_helper.from_array(value, old))
+            self.arrays.pop(old, None)  # now inline; apply_light re-stubs it if large
             return
         name = f"{old}__{node.name}"
         t = numpy_helper.from_array(value, name)
@@ -77,11 +81,18 @@ class SurgeryCtx:
 
 
 def apply(an: Analysis, removed: np.ndarray) -> ModelProto:
-    """A new model with the channels ``removed[cid]`` cut out."""
+    """A new model with the channels ``removed[cid]`` cut out (weights inside)."""
+    return apply_light(an, removed).full()
+
+
+def apply_light(an: Analysis, removed: np.ndarray) -> LightModel:
+    """The pruned model as a light proto plus arrays: untouched weights are the original's
+    arrays (shared, read-only), sliced ones new arrays; nothing goes through protobuf."""
     g = an.graph
     m = ModelProto()
-    m.CopyFrom(g.model)
+    m.CopyFrom(g.model)  # light: stubs only
     removed = np.asarray(removed, dtype=bool)
+    arrays = dict(g.inits)
     by_name = {t.name: t for t in m.graph.initializer}
     for init, owners in an.param_owner.items():
         arr = g.inits[init]
@@ -90,12 +101,20 @@ def apply(an: Analysis, removed: np.ndarray) -> ModelProto:
             if len(keep) != arr.shape[ax]:
                 arr = np.take(arr, keep, axis=ax)
         if arr.shape != g.inits[init].shape:
-            by_name[init].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), init))
-    sx = SurgeryCtx(an, removed, m)
+            t = by_name[init]
+            if weights.is_stub(t):
+                arrays[init] = np.ascontiguousarray(arr)
+                del t.dims[:]
+                t.dims.extend(arr.shape)
+            else:
+                t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), init))
+                arrays[init] = arr
+    sx = SurgeryCtx(an, removed, m, arrays)
     for node in m.graph.node:
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is not None and rule.rewrite is not None:
             rule.rewrite(sx, node)
+    weights.strip(m, arrays)
     del m.graph.value_info[:]
     try:  # on a skeleton: the weights are never serialized for inference
         inferred = onnx.shape_inference.infer_shapes(skeleton(m), check_type=True, strict_mode=True,
@@ -104,7 +123,7 @@ def apply(an: Analysis, removed: np.ndarray) -> ModelProto:
         raise SurgeryError(f"pruned model fails shape inference: {e}") from None
     m.graph.value_info.extend(inferred.graph.value_info)
     _check_shapes(an, removed, inferred)
-    return m
+    return LightModel(m, arrays)
 
 
 def _check_shapes(an: Analysis, removed: np.ndarray, m: ModelProto) -> None:

@@ -12,13 +12,14 @@ from onnx import ModelProto, helper, numpy_helper
 
 from pruning_core import metrics
 from pruning_core.groups import Analysis
+from pruning_core.weights import LightModel
 
 TOL = 1e-4
 
 
-def masked_model(an: Analysis, removed: np.ndarray) -> ModelProto:
+def masked_model(an: Analysis, removed: np.ndarray) -> LightModel:
     m = ModelProto()
-    m.CopyFrom(an.graph.model)
+    m.CopyFrom(an.graph.model)  # light: the weights stay the original's arrays
     wanted: dict[str, list[tuple[int, str]]] = {}
     for node_name, idx, tensor in an.consumer_inputs:
         wanted.setdefault(node_name, []).append((idx, tensor))
@@ -41,11 +42,11 @@ def masked_model(an: Analysis, removed: np.ndarray) -> ModelProto:
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     del m.graph.value_info[:]
-    return m
+    return LightModel(m, an.graph.inits)
 
 
 def verify(an: Analysis, removed: np.ndarray, pruned, inputs: dict[str, np.ndarray]) -> dict:
-    """Compare ``pruned`` (ModelProto, path or session) with the masked original on ``inputs``."""
+    """Compare ``pruned`` (LightModel, ModelProto, path or session) with the masked original on ``inputs``."""
     masked = masked_model(an, removed)
     ref = metrics.run(masked, inputs)
     del masked

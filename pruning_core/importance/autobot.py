@@ -60,8 +60,7 @@ def gated_model(an: Analysis, trainable: np.ndarray) -> tuple[ModelProto, dict[s
     Returns the model and ``{gate initializer: (tensor, owner cid per position along the channel
     axis, -1 = no channel)}``. The gate initializers hold ones shaped to broadcast along the
     tensor's channel axis: the twin replaces their value with the gate layout at run time."""
-    m = ModelProto()
-    m.CopyFrom(an.graph.model)
+    m = an.graph.full_model()
     wanted: dict[str, list[tuple[int, str]]] = {}
     for node_name, idx, tensor in an.consumer_inputs:
         wanted.setdefault(node_name, []).append((idx, tensor))

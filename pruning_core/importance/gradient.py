@@ -32,7 +32,7 @@ Tensor = torch.Tensor
 def _twin(ctx: ScoreContext):
     from pruning_core.executor import OnnxTwin
 
-    twin = OnnxTwin(ctx.analysis.graph.model)
+    twin = OnnxTwin(ctx.analysis.graph.full_model())
     twin.eval()
     return twin
 

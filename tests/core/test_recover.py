@@ -125,7 +125,7 @@ def test_recovery_data_free_keeps_graph_and_finite_weights(tmp_path: Path) -> No
     an = analyze(g)
     removed = select(an, score(ScoreContext(an, spec)), "flops", 0.5)
     pruned = apply(an, removed)
-    out = recover.recover(g.model, pruned, spec, None, None)
+    out = recover.recover(g.full_model(), pruned, spec, None, None)
     assert [n.op_type for n in out.graph.node] == [n.op_type for n in pruned.graph.node]
     onnx.checker.check_model(out, full_check=True)
     sess = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -154,7 +154,7 @@ def test_fixed_batch_graph_trains_on_stacked_batches(attn_onnx: Path) -> None:
     from pruning_core.recover import Source, to_torch
 
     g = graph_mod.load(attn_onnx)
-    twin = OnnxTwin(g.model)
+    twin = OnnxTwin(g.full_model())
 
     def run(f: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return twin(**f)
