@@ -81,3 +81,31 @@ def test_prune_local_half(
     assert outcome.groups_pruned >= outcome.groups_prunable, (
         f"only {outcome.groups_pruned} of {outcome.groups_prunable} prunable groups were pruned"
     )
+
+
+# Small hand-written nets have coarse steps (a channel of a 16-wide layer is several % of the
+# MACs): where the bisection lands off the target, selection's local search must bring it within
+# 2 %. These were off by up to 12 % (relative) before that search.
+COARSE = ["channel_shuffle", "grouped_conv", "mobilenet_v1", "norms_acts", "pixel_shuffle", "preact_bn",
+          "resnet", "unet"]
+
+
+@pytest.mark.parametrize("name", COARSE)
+def test_flops_and_params_targets_within_two_percent(zoo_onnx: Callable[[str, str], Path], name: str) -> None:
+    from pruning_core import graph
+    from pruning_core.groups import analyze
+    from pruning_core.importance import ScoreContext, score
+    from pruning_core.selection import _measure, candidates, select
+    from pruning_core.spec import PruneSpec
+
+    an = analyze(graph.load(_export(zoo_onnx, name, "dynamo")))
+    scores = score(ScoreContext(an, PruneSpec.model_validate({})))
+    missed = []
+    for kind in ("flops", "params"):
+        measure = _measure(an, kind, [g for g in candidates(an, []) if g.id in scores])
+        for scope in ("global", "local"):
+            for value in (0.2, 0.5):
+                got = measure(select(an, scores, kind, value, scope))
+                if abs(got - value) > 0.02 * value:
+                    missed.append((kind, scope, value, round(got, 4)))
+    assert not missed
