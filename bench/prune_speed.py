@@ -2,7 +2,7 @@
 
 Run by hand, not in CI:
 
-    python -m bench.prune_speed [--models resnet50 vit_b16 bert_base] [--ratio 0.3] [--exporter dynamo]
+    python -m bench.prune_speed [--models resnet50 vit_b16 bert_base] [--ratio 0.3] [--exporter dynamo] [--repeat 5]
 
 Models are transformers configs at their defaults (ResNetConfig = ResNet-50 layout, ViTConfig = ViT-B/16 at
 224x224, BertConfig = BERT-base, 128 tokens) with random, seeded weights; nothing is downloaded.
@@ -12,7 +12,9 @@ Each measurement runs in its own subprocess, so peak memory is that tool's alone
   pruning_core.api.prune(path, {channels: RATIO, l1, global}) = load, analyze, score, select, surgery,
   verify, save, check, measure ("full"). "core" is a second run, in its own process, with
   ``verify: false, measure: false``: load -> analyze -> prune -> save (+ the graph check, ms), what
-  Torch-Pruning does (its forward check is not timed either). Both are timed and measured directly.
+  Torch-Pruning does (its forward check is not timed either). Both are timed and measured directly;
+  core and Torch-Pruning run --repeat times, alternating, each in a fresh process: the median run
+  is shown (all times are in the JSON), and the largest peak.
 - tp: Torch-Pruning on the same torch model: DependencyGraph + MetaPruner with L1 group magnitude,
   global, the same channel ratio, classifier ignored, attention head dims pruned (num_heads given),
   then torch.save of the pruned model; a forward pass checks the result (not timed).
@@ -220,6 +222,18 @@ def _spawn(args: list[str], timeout: float) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median time (an error if any run failed); peak memory is the largest seen."""
+    bad = [r for r in runs if "error" in r]
+    if bad:
+        return bad[0]
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    out = dict(ordered[(len(ordered) - 1) // 2])
+    out["all_seconds"] = [round(r["seconds"], 3) for r in runs]
+    out["peak_rss_rise"] = max(r["peak_rss_rise"] for r in runs)
+    return out
+
+
 def _mb(x: float) -> str:
     return f"{x / 2**20:8.0f}"
 
@@ -236,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=REPO_ROOT / ".zoo_cache" / "bench", help="ONNX export cache")
     ap.add_argument("--skip", choices=("ours", "tp"), action="append", default=[])
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--repeat", type=int, default=5, help="core and Torch-Pruning runs per model (median)")
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -258,12 +273,20 @@ def main(argv: list[str] | None = None) -> int:
         r: dict[str, Any] = {"export": _spawn(["export", name, str(path), args.exporter], args.timeout)}
         print(f"{name}: export {r['export']}", flush=True)
         if "ours" not in args.skip and "error" not in r["export"]:
-            for mode in ("core", "full"):
-                r[mode] = _spawn(["ours", str(path), str(args.ratio), mode], args.timeout)
-                print(f"{name}: ours ({mode}) {r[mode]}", flush=True)
-        if "tp" not in args.skip:
-            r["tp"] = _spawn(["tp", name, str(args.ratio)], args.timeout)
-            print(f"{name}: tp {r['tp']}", flush=True)
+            r["full"] = _spawn(["ours", str(path), str(args.ratio), "full"], args.timeout)
+            print(f"{name}: ours (full) {r['full']}", flush=True)
+        # core and Torch-Pruning alternate, each run a fresh process; the median run counts
+        runs: dict[str, list[dict[str, Any]]] = {"core": [], "tp": []}
+        for _ in range(args.repeat):
+            if "ours" not in args.skip and "error" not in r["export"]:
+                runs["core"].append(_spawn(["ours", str(path), str(args.ratio), "core"], args.timeout))
+                print(f"{name}: ours (core) {runs['core'][-1]}", flush=True)
+            if "tp" not in args.skip:
+                runs["tp"].append(_spawn(["tp", name, str(args.ratio)], args.timeout))
+                print(f"{name}: tp {runs['tp'][-1]}", flush=True)
+        for tool, rs in runs.items():
+            if rs:
+                r[tool] = _median_run(rs)
         results[name] = r
 
     print()

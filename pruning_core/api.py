@@ -30,7 +30,7 @@ from pruning_core.importance import CRITERIA, ScoreContext, score
 from pruning_core.selection import candidates, select
 from pruning_core.spec import PruneSpec
 from pruning_core.verify import verify
-from pruning_core.weights import LightModel
+from pruning_core.weights import LightModel, small_pages
 
 Progress = Callable[[str, float, str | None], None]
 
@@ -60,7 +60,7 @@ def _io(g: graph_mod.Graph, names: list[str]) -> list[dict]:
 def analyze(model: str | os.PathLike[str], input_shapes: dict[str, list[int]] | None = None,
             attention_heads: str = "auto", approximate: bool = False) -> dict[str, Any]:
     """Summary of a model: params, MACs, inputs, outputs and its dependency groups."""
-    with tempfile.TemporaryDirectory(prefix="spa-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="spa-") as tmp, small_pages():
         src = open_model(model, Path(tmp), input_shapes)
         g = graph_mod.load(src.path, input_shapes)
     an = analyze_graph(g, attention_heads, approximate)
@@ -73,7 +73,7 @@ def analyze(model: str | os.PathLike[str], input_shapes: dict[str, list[int]] | 
 def prune(model: str | os.PathLike[str], spec: PruneSpec | dict[str, Any], out_dir: str | os.PathLike[str],
           *, data: str | os.PathLike[str] | None = None, progress: Progress | None = None) -> PruneResult:
     spec = spec if isinstance(spec, PruneSpec) else PruneSpec.model_validate(spec)
-    with tempfile.TemporaryDirectory(prefix="spa-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="spa-") as tmp, small_pages():
         return _prune(model, spec, Path(out_dir), Path(tmp), data, progress)
 
 

@@ -44,12 +44,16 @@ class UnionFind:
     def find_many(self, x: np.ndarray) -> np.ndarray:
         p = self._parent
         r = p[x]
+        path = []
         while True:
             nxt = p[r]
             if np.array_equal(nxt, r):
                 break
+            path.append(r)
             r = nxt
-        p[x] = r  # path compression for the queried ids
+        for ids in path:  # full path compression: residual chains get long otherwise
+            p[ids] = r
+        p[x] = r
         return r
 
     def union_many(self, a: np.ndarray, b: np.ndarray) -> None:
@@ -235,7 +239,8 @@ class LabelCtx:
         """Labels that vary along several axes (a reshape split into heads, pixel shuffle) are
         merged so they vary along one: the outermost for whole heads / whole groups ("auto",
         "heads"), the innermost for per-dimension pruning ("dims")."""
-        arr = compact(self.uf.roots(np.asarray(arr)))
+        # compact first: a movement op's output is full size, its distinct labels are few
+        arr = compact(self.uf.roots(compact(np.asarray(arr))))
         while True:
             varying = [ax for ax in range(arr.ndim) if arr.shape[ax] > 1]
             if len(varying) <= 1:

@@ -7,7 +7,8 @@ from pruning_core.importance.registry import CRITERIA, Criterion, ScoreContext, 
 from pruning_core.importance import magnitude  # noqa: F401  isort: skip
 from pruning_core.importance import datafree  # noqa: F401  isort: skip
 from pruning_core.importance import obspa  # noqa: F401  isort: skip
-from pruning_core.importance import gradient  # noqa: F401  isort: skip
-from pruning_core.importance import autobot  # noqa: F401  isort: skip
+# torch-backed families register when one of their names is first looked up
+CRITERIA.defer("pruning_core.importance.gradient", ["taylor", "snip", "grasp", "crop", "synflow"])
+CRITERIA.defer("pruning_core.importance.autobot", ["autobot"])
 
 __all__ = ["CRITERIA", "Criterion", "ScoreContext", "register", "score"]

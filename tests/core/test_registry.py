@@ -20,3 +20,24 @@ def test_rule_table_covers_the_issue_ops() -> None:
             "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast",
             "Softmax", "Gather", "DepthToSpace"}
     assert need <= set(RULES)
+
+
+def test_magnitude_pruning_never_imports_torch_and_deferred_names_resolve() -> None:
+    # importing torch costs ~1 s per CLI call: only the criteria that need it may pull it in
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import pruning_core.api\n"
+        "from pruning_core.importance import CRITERIA\n"
+        "assert 'torch' not in sys.modules, 'pruning_core.api imported torch'\n"
+        "assert CRITERIA['l1'].name == 'l1' and 'torch' not in sys.modules\n"
+        "deferred = dict(CRITERIA._deferred)\n"
+        "assert deferred, 'nothing is deferred'\n"
+        "for name in deferred:\n"
+        "    assert CRITERIA[name].name == name\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
