@@ -12,12 +12,32 @@ def _per_index(ctx: ScoreContext, tensor: str, axis: int, p: int) -> np.ndarray:
     """sum |w|^p over all axes but ``axis``; cached: a weight is a place of two groups (rows, columns)."""
     key = f"magnitude:{tensor}:{axis}:{p}"
     if key not in ctx.cache:
-        w = np.abs(np.asarray(ctx.analysis.graph.inits[tensor], dtype=np.float32))
-        if p != 1:
-            w = w**p
-        others = tuple(a for a in range(w.ndim) if a != axis)
-        ctx.cache[key] = w.sum(axis=others, dtype=np.float64)
+        ctx.cache[key] = _abs_pow_sum(ctx.analysis.graph.inits[tensor], axis, p)
     return ctx.cache[key]
+
+
+CHUNK = 1 << 18  # elements: |w|^p goes through one small reused buffer, not a weight-sized temporary
+
+
+def _abs_pow_sum(w: np.ndarray, axis: int, p: int) -> np.ndarray:
+    if w.ndim == 0 or w.size == 0:
+        return np.abs(np.asarray(w, np.float64)).reshape(-1)[:1] ** p
+    others = tuple(a for a in range(w.ndim) if a != axis)
+    step = max(1, CHUNK // max(1, w[0].size))
+    buf = np.empty((min(step, w.shape[0]),) + w.shape[1:], dtype=np.float32)
+    out = np.zeros(w.shape[axis], dtype=np.float64)
+    for s in range(0, w.shape[0], step):
+        blk = w[s:s + step]
+        a = buf[: len(blk)]
+        np.abs(blk, out=a, casting="unsafe")
+        if p != 1:
+            np.power(a, p, out=a)
+        part = a.sum(axis=others, dtype=np.float64) if others else a.astype(np.float64)
+        if axis == 0:
+            out[s:s + len(blk)] = part
+        else:
+            out += part
+    return out
 
 
 def _place_norms(ctx: ScoreContext, grp: Group, p: int) -> np.ndarray:
