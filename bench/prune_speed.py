@@ -234,6 +234,59 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    import platform
+
+    import numpy
+    import onnx
+
+    try:
+        import torch_pruning
+
+        tp_version = torch_pruning.__version__
+    except ImportError:
+        tp_version = "not installed"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [
+        "# Pruning speed and memory: pruning_core vs Torch-Pruning",
+        "",
+        f"Written by `python -m bench.prune_speed --markdown docs/speed.md` (see its docstring). Remove "
+        f"{args.ratio:.0%} of channels, l1, global; ONNX from the `{args.exporter}` exporter; transformers configs at "
+        "their defaults with random weights (ResNet-50, ViT-B/16 at 224x224, BERT-base at 128 tokens).",
+        "",
+        f"Machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, "
+        f"numpy {numpy.__version__}, onnx {onnx.__version__}, Torch-Pruning {tp_version}; load average "
+        f"after the run {load}. Each run is a fresh process; core and Torch-Pruning ran {args.repeat} times each, "
+        "alternating: the median time and the largest peak are shown.",
+        "",
+        "- **core**: `prune(path, spec | {verify: false, measure: false})`: read the file, analyze, score, "
+        "select, cut, write the file (+ the graph check). Torch-Pruning: `DependencyGraph` + `MetaPruner.step()` "
+        "on the model already in memory, then `torch.save`.",
+        "- **full**: the default run, which also verifies the result against the masked original on "
+        "onnxruntime and measures params, MACs and the latency of both models.",
+        "- **peak**: rise of the process's peak RSS over its RSS before the call; **size**: 4 bytes x parameters.",
+        "",
+        "| model | size MiB | core s | Torch-Pruning s | core / TP | core peak / size | TP peak / size "
+        "| full s | full peak / size |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        size = 4 * r["export"].get("params", 0)
+        core, tpr, full = r.get("core", {}), r.get("tp", {}), r.get("full", {})
+        lines.append(
+            f"| {name} | {size / 2**20:.0f} | {core.get('seconds', 0):.2f} | {tpr.get('seconds', 0):.2f} | "
+            f"{_ratio(core.get('seconds'), tpr.get('seconds')).strip()} | "
+            f"{_ratio(core.get('peak_rss_rise'), size).strip()} | {_ratio(tpr.get('peak_rss_rise'), size).strip()} | "
+            f"{full.get('seconds', 0):.2f} | {_ratio(full.get('peak_rss_rise'), size).strip()} |")
+    lines += ["", "Stages of the median core run (s) and of Torch-Pruning's:", ""]
+    for name, r in results.items():
+        st = r.get("core", {}).get("stages", {})
+        tps = r.get("tp", {}).get("stages", {})
+        lines.append(f"- {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in st.items() if k not in ("measure",))
+                     + "; Torch-Pruning: " + ", ".join(f"{k} {v:.3f}" for k, v in tps.items()))
+    return "\n".join(lines) + "\n"
+
+
 def _mb(x: float) -> str:
     return f"{x / 2**20:8.0f}"
 
@@ -252,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--repeat", type=int, default=5, help="core and Torch-Pruning runs per model (median)")
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
+    ap.add_argument("--markdown", type=Path, help="also write the table as markdown (docs/speed.md)")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -316,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {tool} failed: {r[tool]['error']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    if args.markdown:
+        args.markdown.write_text(_markdown(results, args))
     return 0
 
 

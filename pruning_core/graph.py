@@ -9,6 +9,7 @@ users know (``conv1.weight``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,8 +298,68 @@ def _fix_input_shapes(m: ModelProto, shapes: dict[str, list[int]]) -> None:
 # ------------------------------------------------------------------------------ evaluation
 
 
+def _axes(node: NodeProto, inputs: list[np.ndarray | None], opset: int, since: int) -> list[int] | None:
+    """Squeeze / Unsqueeze axes: an input from opset ``since`` on, an attribute before."""
+    if opset >= since:
+        return [int(a) for a in inputs[1]] if len(inputs) > 1 and inputs[1] is not None else None
+    ax = attr(node, "axes", None)
+    return [int(a) for a in ax] if ax is not None else None
+
+
+def _reshape(node: NodeProto, ins: list, opset: int) -> list[np.ndarray]:
+    data, shape = ins[0], np.array(ins[1], dtype=np.int64)
+    if not attr(node, "allowzero", 0):
+        zero = np.nonzero(shape == 0)[0]
+        shape[zero] = np.array(data.shape, dtype=np.int64)[zero]
+    return [data.reshape(tuple(int(d) for d in shape))]
+
+
+def _unsqueeze(node: NodeProto, ins: list, opset: int) -> list[np.ndarray]:
+    axes = _axes(node, ins, opset, 13) or []
+    rank = ins[0].ndim + len(axes)
+    return [np.expand_dims(ins[0], tuple(sorted(a % rank for a in axes)))]
+
+
+def _squeeze(node: NodeProto, ins: list, opset: int) -> list[np.ndarray]:
+    axes = _axes(node, ins, opset, 13)
+    x = ins[0]
+    return [np.squeeze(x) if axes is None else np.squeeze(x, tuple(a % x.ndim for a in axes))]
+
+
+def _flatten(node: NodeProto, ins: list, opset: int) -> list[np.ndarray]:
+    x = ins[0]
+    axis = attr(node, "axis", 1)
+    axis = axis + x.ndim if axis < 0 else axis
+    return [x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)]
+
+
+def _gather_elements(node: NodeProto, ins: list) -> np.ndarray:
+    data, idx = ins[0], np.asarray(ins[1], np.int64)
+    axis = attr(node, "axis", 0) % data.ndim
+    return np.take_along_axis(data, np.where(idx < 0, idx + data.shape[axis], idx), axis=axis)
+
+
+# numpy fast paths for the ops folding and label propagation meet most (movement and shape
+# plumbing); anything else goes through onnx's reference evaluator
+_FAST: dict[str, Callable[[NodeProto, list, int], list[np.ndarray]]] = {
+    "Reshape": _reshape,
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Flatten": _flatten,
+    "Identity": lambda node, ins, opset: [ins[0]],
+    "Transpose": lambda node, ins, opset: [np.transpose(ins[0], attr(node, "perm", None))],
+    "Gather": lambda node, ins, opset: [np.take(ins[0], np.asarray(ins[1], np.int64), axis=attr(node, "axis", 0))],
+    "GatherElements": lambda node, ins, opset: [_gather_elements(node, ins)],
+    "Concat": lambda node, ins, opset: [np.concatenate([i for i in ins if i is not None], axis=attr(node, "axis", 0))],
+}
+
+
 def run_node(node: NodeProto, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
-    """Evaluate one node with onnx's reference implementation (used for folding and labels)."""
+    """Evaluate one node (used for folding and labels): numpy for the common movement ops, onnx's
+    reference implementation for the rest."""
+    fast = _FAST.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if fast is not None and all(a is not None for a in inputs[:1]):
+        return [np.asarray(r) for r in fast(node, inputs, opset)]
     from onnx.reference import ReferenceEvaluator
 
     in_names = [n if n else "" for n in node.input]

@@ -63,16 +63,17 @@ def select(an: Analysis, scores: dict[int, np.ndarray], kind: str, value: float,
             return build({g.id: snap(g, int(np.floor(t * g.size + 1e-9))) for g in groups})
         steps = sorted({0.0, 1.0} | {c / g.size for g in groups for c in allowed[g.id]})
     else:
-        ranking = sorted(((float(scores[g.id][ch]), g.id, pos) for g in groups
-                          for pos, ch in enumerate(orders[g.id])), key=lambda r: r[0])
-        gid_seq = np.array([r[1] for r in ranking], dtype=np.int64)
+        # one ranking of every removable channel by score; ties keep group order, then position
+        sc = np.concatenate([np.asarray(scores[g.id], np.float64)[orders[g.id]] for g in groups] or [np.zeros(0)])
+        gids = np.concatenate([np.full(len(orders[g.id]), g.id, np.int64) for g in groups] or [np.zeros(0, np.int64)])
+        gid_seq = gids[np.argsort(sc, kind="stable")]
         by_id = {g.id: g for g in groups}
 
         def at(t: float) -> np.ndarray:
             k = int(round(t))
             counts = dict(zip(*np.unique(gid_seq[:k], return_counts=True), strict=True)) if k else {}
             return build({int(gid): snap(by_id[int(gid)], int(c)) for gid, c in counts.items()})
-        steps = list(range(len(ranking) + 1))
+        steps = list(range(len(gid_seq) + 1))
 
     measure = _measure(an, kind, groups)
     removed = _bisect(at, steps, measure, value, kind)
