@@ -236,15 +236,14 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
     import numpy
     import onnx
 
     try:
-        import torch_pruning
-
-        tp_version = torch_pruning.__version__
-    except ImportError:
+        tp_version = version("torch-pruning")
+    except PackageNotFoundError:
         tp_version = "not installed"
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [

@@ -314,6 +314,8 @@ def _read_external(m: ModelProto, base: Path, arrays: dict[str, np.ndarray]) -> 
             raise ModelLoadError(f"external data of {t.name!r}: unsupported data type {t.data_type}")
         if length and length != n * dt.itemsize:
             raise ModelLoadError(f"external data of {t.name!r}: length {length} != {n * dt.itemsize} bytes")
+        if offset < 0 or offset + n * dt.itemsize > target.stat().st_size:  # before allocating
+            raise ModelLoadError(f"external data of {t.name!r} is truncated in {info.get('location')!r}")
         arr = np.empty(tuple(t.dims), dtype=dt)
         with open(target, "rb") as f:
             f.seek(offset)

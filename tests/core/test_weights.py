@@ -145,3 +145,18 @@ def test_graph_full_model_is_the_normalized_model_with_weights(tmp_path: Path) -
     kept = _inits(full)  # folding may drop constants (bf -> Cast -> ReduceSum folds)
     _same({k: v for k, v in _inits(m).items() if k in kept}, {k: kept[k] for k in _inits(m) if k in kept})
     assert {"w1", "w2", "idx"} <= kept.keys()
+
+
+def test_external_data_shorter_than_its_declaration_is_refused_before_allocating(tmp_path: Path) -> None:
+    m = _model()
+    onnx.save(m, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    proto = onnx.load(tmp_path / "m.onnx", load_external_data=False)
+    w1 = next(t for t in proto.graph.initializer if t.name == "w1")
+    del w1.dims[:]
+    w1.dims.extend([1 << 20, 1 << 20])  # 4 TiB claimed: must not be allocated
+    for e in w1.external_data:
+        if e.key == "length":
+            e.value = str(4 << 40)
+    onnx.save(proto, tmp_path / "m.onnx")
+    with pytest.raises(ModelLoadError, match="truncated"):
+        weights.read(tmp_path / "m.onnx")
