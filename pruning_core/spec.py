@@ -47,8 +47,9 @@ class Calibration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str | None = None
+    # Calibration passes run at the graph's own batch size (exports fix it), so there is no
+    # batch_size here: a field that changed nothing was removed.
     samples: int = Field(128, ge=1, le=100_000)
-    batch_size: int = Field(16, ge=1, le=4096)
 
 
 class Recover(BaseModel):

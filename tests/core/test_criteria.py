@@ -20,7 +20,7 @@ from pruning_core.importance import CRITERIA, ScoreContext, score
 from pruning_core.selection import select
 from pruning_core.spec import PruneSpec
 
-FAST = {"samples": 4, "batch_size": 4}
+FAST = {"samples": 4}
 
 
 @pytest.fixture(autouse=True)
@@ -318,3 +318,11 @@ def test_obspa_grouped_depthwise_flatten(mixnet_onnx: Path, tmp_path: Path) -> N
     l1 = api.prune(mixnet_onnx, {"target": {"flops": 0.4}, "criterion": "l1"}, tmp_path / "l")
     assert ob.report["verify"]["passed"]
     assert ob.report["fidelity"]["cosine"] > l1.report["fidelity"]["cosine"]
+
+
+def test_calibration_has_no_batch_size() -> None:
+    # it used to be accepted and ignored: calibration runs at the graph's own batch size
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="calibration.batch_size"):
+        PruneSpec.model_validate({"calibration": {"samples": 8, "batch_size": 4}})
