@@ -28,10 +28,10 @@ import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
 from pruning_core import data as data_mod
+from pruning_core import metrics
 from pruning_core.errors import DataError
 from pruning_core.graph import Graph
-from pruning_core.metrics import FedSession
-from pruning_core.weights import LightModel, stubs_as_inputs
+from pruning_core.weights import LightModel
 
 SYNTHESIZE = True    # False: plain Gaussian data-free inputs even for BatchNorm models (ablation)
 SYNTH_SAMPLES = 32   # data-free samples synthesized for models with BatchNorm
@@ -218,15 +218,7 @@ def with_outputs(g: Graph, tensors: Iterable[str]) -> LightModel:
 def session(model: LightModel):
     """An onnxruntime session on every core whose threads do not spin between runs: the caller
     does heavy numpy / torch work between runs, and spinning threads would starve it."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    sess = ort.InferenceSession(stubs_as_inputs(model.proto).SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
-    return FedSession(sess, model.feeds())
+    return metrics.session(model, threads=0, spin=False)
 
 
 def capture(g: Graph, tensors: list[str],

@@ -162,27 +162,10 @@ def _refresh(g: Graph) -> None:
     g.index()
 
 
-SKELETON_MAX = weights.INLINE_MAX  # initializers up to this size stay (shape constants must propagate)
-
-
 def skeleton(m: ModelProto) -> ModelProto:
-    """The graph with stubs and large initializers as typed inputs: shape inference never
-    serializes the weights."""
-    sk = ModelProto()
-    sk.ir_version = m.ir_version
-    sk.opset_import.extend(m.opset_import)
-    sk.functions.extend(m.functions)
-    graph = sk.graph
-    graph.name = m.graph.name
-    graph.node.extend(m.graph.node)
-    graph.input.extend(m.graph.input)
-    graph.output.extend(m.graph.output)
-    for t in m.graph.initializer:
-        if not weights.is_stub(t) and np.prod(t.dims, dtype=np.int64) <= SKELETON_MAX:
-            graph.initializer.append(t)
-        else:
-            graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    return sk
+    """The graph with stubs and large initializers as typed inputs (shape constants stay, they
+    must propagate): shape inference and the checker never serialize the weights."""
+    return weights.as_inputs(m, weights.INLINE_MAX)
 
 
 def to_array(t: TensorProto) -> np.ndarray:

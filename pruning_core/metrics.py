@@ -14,7 +14,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto
 
 from pruning_core.graph import Graph, attr
-from pruning_core.weights import LightModel, stubs_as_inputs
+from pruning_core.weights import LightModel, as_inputs
 
 ShapeFn = Callable[[str], tuple[int, ...]]
 
@@ -51,16 +51,20 @@ def count_macs(g: Graph) -> int:
     return int(sum(node_macs(n, g.shape) for n in g.nodes))
 
 
-def session(model: ModelProto | LightModel | str, threads: int = 1):
-    """An onnxruntime session on a path, a ModelProto or a light model (:class:`FedSession`)."""
+def session(model: ModelProto | LightModel | str, threads: int = 1, spin: bool = True):
+    """An onnxruntime session on a path, a ModelProto or a light model (:class:`FedSession`).
+    ``threads=0``: every core; ``spin=False``: idle threads sleep between runs."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if isinstance(model, LightModel):
-        sk = stubs_as_inputs(model.proto)
+        sk = as_inputs(model.proto)
         return FedSession(ort.InferenceSession(sk.SerializeToString(), opts, providers=["CPUExecutionProvider"]),
                           model.feeds())
     src = model.SerializeToString() if isinstance(model, ModelProto) else str(model)

@@ -48,7 +48,7 @@ class LightModel:
         save(self.proto, self.arrays, Path(path))
 
     def feeds(self) -> dict[str, np.ndarray]:
-        """The stubs' data, as onnxruntime feeds of :func:`stubs_as_inputs` (zero-copy)."""
+        """The stubs' data, as onnxruntime feeds of :func:`as_inputs` (zero-copy)."""
         return {t.name: self.arrays[t.name] for t in self.proto.graph.initializer if is_stub(t)}
 
 
@@ -137,18 +137,26 @@ def materialize(proto: ModelProto, arrays: Mapping[str, np.ndarray]) -> ModelPro
     return m
 
 
-def stubs_as_inputs(proto: ModelProto) -> ModelProto:
-    """A copy of the graph where each stub is a typed graph input (for shape inference and for
-    onnxruntime sessions fed with :meth:`LightModel.feeds`)."""
+def as_inputs(m: ModelProto, inline_max: int | None = None) -> ModelProto:
+    """The graph with every stub (and, given ``inline_max``, every initializer larger than that)
+    as a typed graph input; nothing else of the model is copied. For shape inference and the
+    checker (no weights serialized), and for onnxruntime sessions fed with
+    :meth:`LightModel.feeds` (stubs only)."""
     sk = ModelProto()
-    sk.CopyFrom(proto)
-    inits = list(sk.graph.initializer)
-    del sk.graph.initializer[:]
-    for t in inits:
-        if is_stub(t):
-            sk.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    sk.ir_version = m.ir_version
+    sk.opset_import.extend(m.opset_import)
+    sk.functions.extend(m.functions)
+    graph = sk.graph
+    graph.name = m.graph.name
+    graph.node.extend(m.graph.node)
+    graph.input.extend(m.graph.input)
+    graph.output.extend(m.graph.output)
+    for t in m.graph.initializer:
+        large = inline_max is not None and int(np.prod(t.dims, dtype=np.int64)) > inline_max
+        if is_stub(t) or large:
+            graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
-            sk.graph.initializer.append(t)
+            graph.initializer.append(t)
     return sk
 
 
@@ -295,8 +303,7 @@ def _read_external(m: ModelProto, base: Path, arrays: dict[str, np.ndarray]) -> 
     attr_tensors = [a.t for node in m.graph.node for a in node.attribute
                     if a.type == a.TENSOR and a.t.data_location == TensorProto.EXTERNAL]
     inits = [t for t in m.graph.initializer if t.data_location == TensorProto.EXTERNAL and not is_stub(t)]
-    for t in attr_tensors + inits:
-        _external_target(t, base)
+    targets = [_external_target(t, base) for t in attr_tensors + inits]  # all checked before any read
     if attr_tensors:  # rare: Constant values stored outside; onnx reads them (path checked above)
         import onnx.external_data_helper as edh
 
@@ -304,9 +311,8 @@ def _read_external(m: ModelProto, base: Path, arrays: dict[str, np.ndarray]) -> 
             edh.load_external_data_for_tensor(t, str(base))
             t.data_location = TensorProto.DEFAULT
             del t.external_data[:]
-    for t in inits:
+    for t, target in zip(inits, targets[len(attr_tensors):], strict=True):
         info = {e.key: e.value for e in t.external_data}
-        target = _external_target(t, base)
         dt = plain_dtype(t.data_type)
         n = int(np.prod(t.dims, dtype=np.int64))
         offset, length = int(info.get("offset", 0) or 0), int(info.get("length", 0) or 0)
