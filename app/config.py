@@ -31,8 +31,23 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)  # 2 GiB; 413 above
     auth_disabled: bool = False  # only honoured for loopback clients (see deps.py)
-    # .pt2 files are programs (loaded only in the worker); an operator may refuse them.
-    allow_pytorch_uploads: bool = True
+    # .pt2 files are programs (loaded only in the worker's sandbox); None -> on only without auth
+    # (the loopback embedded mode), off when API keys are in use. See SECURITY.md.
+    allow_pytorch_uploads: bool | None = None
+
+    # Bounded inputs (SECURITY.md): archives, forms and specs are refused before they cost much.
+    max_unpacked_bytes: int = Field(8 * 1024**3, ge=1)  # a zip / npz may unpack to at most this
+    max_zip_ratio: float = Field(100.0, gt=1)  # unpacked / packed; deflate of real weights is ~1.1
+    max_form_fields: int = Field(16, ge=0)  # non-file multipart fields per request
+    max_spec_bytes: int = Field(64 * 1024, ge=256)  # a job's spec as JSON
+
+    # The sandbox a worker runs each model in (worker/sandbox.py): a child process with limits.
+    sandbox: bool = True  # off only for debugging: then the library runs inside the worker
+    job_memory_bytes: int = Field(16 * 1024**3, ge=256 * 1024**2)  # address space of the child
+    job_cpu_seconds: int = Field(4 * 3600, ge=10)  # CPU time of the child
+    job_file_bytes: int = Field(32 * 1024**3, ge=1024**2)  # largest file the child may write
+    sandbox_user: str = "nobody"  # the child drops to this user when the worker runs as root
+    cancel_grace_s: float = Field(5.0, ge=0)  # a job still "cancelling" this long is killed
 
     # Celery. Queue names are settings so that tests (and tenants of one Redis) can isolate.
     queue_cpu: str = "cpu"
@@ -72,6 +87,13 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def pytorch_uploads_allowed(self) -> bool:
+        """Explicit setting, else on only for the no-auth (loopback) mode: a .pt2 is a program."""
+        if self.allow_pytorch_uploads is not None:
+            return self.allow_pytorch_uploads
+        return self.auth_disabled
 
 
 @lru_cache

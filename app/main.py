@@ -10,6 +10,7 @@ import logging
 
 from fastapi import FastAPI
 
+from app.bodylimit import SPEC_SLACK, BodyLimit
 from app.config import Settings, get_settings
 from app.db.session import get_sessionmaker
 from app.errors import Problem, install_handlers
@@ -36,6 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = make_store(settings)
     app.state.celery = make_celery(settings)
     app.state.metrics = Metrics(app.state.sessionmaker)
+    # Before the metrics middleware, which then wraps it: its 413s are counted too.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_spec_bytes + SPEC_SLACK)
     app.state.metrics.install(app)
     install_handlers(app)
     for module in (models, datasets, jobs, health):

@@ -1,60 +1,28 @@
 """Read the array names, shapes and dtypes of an .npz from its headers, without loading data and
-without pickle (object arrays are refused: loading them would unpickle)."""
+without pickle. The header reader (declared sizes bounded before anything is allocated) is the
+library's, shared with ``pruning_core.data.load_npz``; the API adds its own name rule."""
 
 from __future__ import annotations
 
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from numpy.lib import format as npy_format
-
-from app.zipcheck import UnsafeZip, check_zip
+from pruning_core.npzcheck import BadNpz
+from pruning_core.npzcheck import read_npz_header as _read_arrays
 
 NAME_OK = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
 
-
-class BadNpz(ValueError):
-    pass
+__all__ = ["BadNpz", "check_names", "read_npz_header"]
 
 
-def read_npz_header(path: Path, *, max_unpacked: int) -> dict[str, dict[str, Any]]:
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
-        raise BadNpz(f"not an .npz file: {e}") from e
-    arrays: dict[str, dict[str, Any]] = {}
-    with zf:
-        try:
-            files = check_zip(zf, max_unpacked=max_unpacked)
-        except UnsafeZip as e:
-            raise BadNpz(str(e)) from e
-        for info in files:
-            if not info.filename.endswith(".npy"):
-                raise BadNpz(f"member {info.filename!r} is not an .npy array")
-            name = info.filename[: -len(".npy")]
-            if not NAME_OK.match(name):
-                raise BadNpz(f"array name {name!r} is not allowed")
-            with zf.open(info) as fh:
-                try:
-                    version = npy_format.read_magic(fh)
-                    if version == (1, 0):
-                        shape, _, dtype = npy_format.read_array_header_1_0(fh)
-                    elif version == (2, 0):
-                        shape, _, dtype = npy_format.read_array_header_2_0(fh)
-                    else:
-                        raise BadNpz(f"array {name!r}: unsupported .npy version {version}")
-                except ValueError as e:
-                    raise BadNpz(f"array {name!r}: {e}") from e
-            if dtype.hasobject:
-                raise BadNpz(f"array {name!r} holds Python objects; only numeric arrays are accepted")
-            if dtype.kind not in "biufc":
-                raise BadNpz(f"array {name!r} has non-numeric dtype {dtype}")
-            arrays[name] = {"shape": [int(d) for d in shape], "dtype": str(np.dtype(dtype))}
-    if not arrays:
-        raise BadNpz("the .npz holds no arrays")
+def read_npz_header(
+    path: Path, *, max_unpacked: int, max_ratio: float | None = None
+) -> dict[str, dict[str, Any]]:
+    arrays = _read_arrays(path, max_unpacked=max_unpacked, max_ratio=max_ratio)
+    for name in arrays:
+        if not NAME_OK.match(name):
+            raise BadNpz(f"array name {name!r} is not allowed")
     return arrays
 
 

@@ -1,6 +1,10 @@
 """Streaming multipart uploads: the file part goes chunk by chunk into a hashed staging file with a
 hard size limit, so a 2 GiB model never sits in memory and an oversized one is cut off (413) as
-soon as it passes the limit, with the partial file removed."""
+soon as it passes the limit, with the partial file removed.
+
+Everything else in the form is bounded too (413 as soon as a bound is passed, the rest unread):
+the non-file fields (count, bytes), the parts (skipped file parts count), the part headers, and
+the whole body, with or without Content-Length."""
 
 from __future__ import annotations
 
@@ -10,11 +14,32 @@ from typing import Any
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from app.config import Settings
 from app.errors import ProblemError
 from app.storage import BlobStore, StagedFile, TooLarge
 
-MAX_FIELD_BYTES = 64 * 1024  # non-file form fields
-MULTIPART_OVERHEAD = 64 * 1024  # Content-Length slack for boundaries and part headers
+MAX_FIELD_BYTES = 64 * 1024  # one non-file form field
+MAX_FORM_BYTES = 256 * 1024  # all non-file field values and all part headers together
+EXTRA_PARTS = 4  # parts allowed beyond max_form_fields: the file, a few ignored file parts
+BOUNDARY_SLACK = 64 * 1024  # boundary lines, preamble and epilogue
+
+
+@dataclass(frozen=True)
+class FormLimits:
+    file_bytes: int  # the file part
+    fields: int  # non-file fields
+    parts: int  # every part, skipped file parts included
+    form_bytes: int = MAX_FORM_BYTES
+
+    @classmethod
+    def of(cls, settings: Settings) -> FormLimits:
+        fields = settings.max_form_fields
+        return cls(settings.max_upload_bytes, fields, fields + EXTRA_PARTS)
+
+    @property
+    def body_bytes(self) -> int:
+        """The most a valid request body can hold: the file, the form's own bytes, boundaries."""
+        return self.file_bytes + self.form_bytes + BOUNDARY_SLACK
 
 
 @dataclass
@@ -33,13 +58,21 @@ def _too_large(limit: int) -> ProblemError:
     return ProblemError(413, f"upload larger than the limit of {limit} bytes", title="Upload too large")
 
 
-async def receive_upload(request: Request, store: BlobStore, limit: int, file_field: str = "file") -> Upload:
+def _form_too_large(detail: str) -> ProblemError:
+    return ProblemError(413, detail, title="Form too large")
+
+
+async def receive_upload(
+    request: Request, store: BlobStore, settings: Settings | FormLimits, file_field: str = "file"
+) -> Upload:
     """Parse a multipart/form-data body with one file part named ``file_field``."""
+    lim = settings if isinstance(settings, FormLimits) else FormLimits.of(settings)
+    limit = lim.file_bytes
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise ProblemError(415, "send the file as multipart/form-data with a part named 'file'")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
+    if declared and declared.isdigit() and int(declared) > lim.body_bytes:
         raise _too_large(limit)  # refuse before reading a byte
 
     staged: StagedFile | None = None
@@ -47,16 +80,27 @@ async def receive_upload(request: Request, store: BlobStore, limit: int, file_fi
     fields: dict[str, str] = {}
     filename = ""
     errors: list[ProblemError] = []
+    count = {"parts": 0, "fields": 0, "form_bytes": 0}
+
+    def spend_form_bytes(n: int) -> None:
+        count["form_bytes"] += n
+        if count["form_bytes"] > lim.form_bytes:
+            raise _form_too_large(f"the form's fields and part headers exceed {lim.form_bytes} bytes")
 
     def on_part_begin() -> None:
+        count["parts"] += 1
+        if count["parts"] > lim.parts:
+            raise _form_too_large(f"the form has more than {lim.parts} parts")
         state["headers"] = {}
         state["part"] = None
         state["buf"] = b""
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
+        spend_form_bytes(end - start)
         state["hname"] += data[start:end]
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
+        spend_form_bytes(end - start)
         state["hval"] += data[start:end]
 
     def on_header_end() -> None:
@@ -79,6 +123,9 @@ async def receive_upload(request: Request, store: BlobStore, limit: int, file_fi
         elif b"filename" in disp:
             state["part"] = "skip"  # unknown file parts are ignored, not stored
         else:
+            count["fields"] += 1
+            if count["fields"] > lim.fields:
+                raise _form_too_large(f"the form has more than {lim.fields} fields besides the file")
             state["part"] = "field"
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
@@ -86,9 +133,10 @@ async def receive_upload(request: Request, store: BlobStore, limit: int, file_fi
             assert staged is not None
             staged.write(data[start:end])  # raises TooLarge
         elif state["part"] == "field":
+            spend_form_bytes(end - start)
             state["buf"] += data[start:end]
             if len(state["buf"]) > MAX_FIELD_BYTES:
-                raise ProblemError(413, f"form field {state['name']!r} is too large")
+                raise _form_too_large(f"form field {state['name']!r} is larger than {MAX_FIELD_BYTES} bytes")
 
     def on_part_end() -> None:
         if state["part"] == "field":
@@ -106,8 +154,12 @@ async def receive_upload(request: Request, store: BlobStore, limit: int, file_fi
             "on_headers_finished": on_headers_finished,
         },
     )
+    received = 0
     try:
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > lim.body_bytes:  # chunked bodies announce no length: count what comes
+                raise _too_large(limit)
             parser.write(chunk)
         parser.finalize()
         if errors:

@@ -7,14 +7,17 @@ rows), ones for other integer inputs (attention masks); seeded."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 from onnx import helper
 
+from pruning_core import limits
 from pruning_core.errors import DataError
 from pruning_core.graph import Graph
+from pruning_core.npzcheck import BadNpz, read_npz_header
 
 
 def _index_bound(g: Graph, name: str) -> int | None:
@@ -101,13 +104,19 @@ def synthetic_inputs(g: Graph, batch: int | None = None, seed: int = 0) -> dict[
 def load_npz(path: str | os.PathLike[str], g: Graph) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Read calibration data: arrays named after the model inputs, optional ``labels``."""
     p = Path(path)
+    if p.is_file():  # declared shapes bounded before np.load allocates them
+        # No ratio check here: it protects the service (done at upload); a local file is its owner's.
+        try:
+            read_npz_header(p, max_unpacked=limits.max_unpacked_bytes(), max_ratio=math.inf)
+        except BadNpz as e:
+            raise DataError(f"{p.name} is not a readable .npz file ({e})") from None
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise DataError(f"data file not found: {p}") from None
     except Exception as e:
-        raise DataError(f"{p.name} is not a readable .npz file ({type(e).__name__}: {e})") from None
+        raise DataError(f"{p.name} is not a readable .npz file ({e})") from None
     labels = arrays.pop("labels", None)
     missing = [n for n in g.inputs if n not in arrays]
     extra = sorted(set(arrays) - set(g.inputs))

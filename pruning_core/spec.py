@@ -5,11 +5,22 @@ Pure pydantic: importable by the API process (no torch, no onnx).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 Fraction = float
+# Bounds on the spec's lists (SECURITY.md, bounded inputs): a spec is stored with its job and
+# returned in every job list, so its size must not be the client's choice.
+MAX_IGNORE = 256
+MAX_PATTERN = 512
+MAX_INPUTS = 64
+MAX_DIMS = 8
+MAX_DIM = 2**31 - 1
+MAX_NAME = 256
+Pattern = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PATTERN)]
+InputName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
+Dims = Annotated[list[int], Field(min_length=1, max_length=MAX_DIMS)]
 
 
 class Target(BaseModel):
@@ -46,7 +57,7 @@ class Target(BaseModel):
 class Calibration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset_id: str | None = None
+    dataset_id: str | None = Field(None, max_length=64)
     # Calibration passes run at the graph's own batch size (exports fix it), so there is no
     # batch_size here: a field that changed nothing was removed.
     samples: int = Field(128, ge=1, le=100_000)
@@ -77,24 +88,24 @@ class PruneSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     target: Target = Field(default_factory=lambda: Target(channels=0.3))
-    criterion: str = "l1"
+    criterion: str = Field("l1", max_length=64)
     scope: Literal["global", "local"] = "global"
     group_reduction: Literal["mean", "sum", "max"] = "mean"
     normalizer: Literal["mean", "max", "sum", "none"] = "mean"
     round_to: int = Field(1, ge=1, le=4096)
     max_group_ratio: float = Field(0.9, gt=0.0, lt=1.0)
-    ignore: list[str] = Field(default_factory=list)
+    ignore: list[Pattern] = Field(default_factory=list, max_length=MAX_IGNORE)
     attention_heads: Literal["auto", "heads", "dims"] = "auto"
     approximate: bool = False  # also prune groups whose removal changes normalization statistics
-    input_shapes: dict[str, list[int]] = Field(default_factory=dict)
+    input_shapes: dict[InputName, Dims] = Field(default_factory=dict, max_length=MAX_INPUTS)
     calibration: Calibration = Field(default_factory=Calibration)
     recover: Recover | None = None
     autobot: AutoBotOptions = Field(default_factory=AutoBotOptions)
-    outputs: list[Literal["onnx", "pt2", "plan"]] = Field(default_factory=lambda: ["onnx"])
+    outputs: list[Literal["onnx", "pt2", "plan"]] = Field(default_factory=lambda: ["onnx"], max_length=8)
     device: Literal["cpu", "cuda"] | None = None
     verify: bool = True     # masked-equivalence check (a failing check fails the job)
     measure: bool = True    # onnxruntime latency and output fidelity (params / MACs always)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)  # numpy refuses negative seeds
 
     @field_validator("criterion")
     @classmethod
@@ -109,6 +120,7 @@ class PruneSpec(BaseModel):
     @classmethod
     def _positive_dims(cls, v: dict[str, list[int]]) -> dict[str, list[int]]:
         for name, dims in v.items():
-            if not dims or any(int(d) <= 0 for d in dims):
-                raise ValueError(f"input_shapes[{name!r}] must be a list of positive ints, got {dims}")
+            if not dims or any(int(d) <= 0 or int(d) > MAX_DIM for d in dims):
+                raise ValueError(
+                    f"input_shapes[{name!r}] must be a list of positive ints below 2**31, got {dims}")
         return v

@@ -12,6 +12,7 @@ not a file.
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from onnx import GraphProto, ModelProto, TensorProto, helper, numpy_helper
 
+from pruning_core import limits
 from pruning_core.errors import ModelLoadError
 
 MEMORY = "spa:memory"
@@ -229,9 +231,11 @@ def _key(field: int, wt: int = LEN) -> bytes:
 # ---------------------------------------------------------------------------------- reading
 
 
-def read(path: str | os.PathLike[str]) -> tuple[ModelProto, dict[str, np.ndarray]]:
+def read(path: str | os.PathLike[str],
+         max_external: int | None = None) -> tuple[ModelProto, dict[str, np.ndarray]]:
     """Read an ONNX file as a light model: large raw initializers become stubs whose data is
-    read into aligned arrays. External data is read only from inside the model's own folder."""
+    read into aligned arrays. External data is read only from inside the model's own folder, and
+    at most ``max_external`` bytes of it in total (default ``limits.max_unpacked_bytes()``)."""
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"model file not found: {p}")
@@ -251,7 +255,8 @@ def read(path: str | os.PathLike[str]) -> tuple[ModelProto, dict[str, np.ndarray
                 raise ModelLoadError(f"{p.name} is not a valid ONNX model ({type(e).__name__}: {e})") from None
     if not m.graph.node:
         raise ModelLoadError(f"{p.name} is not a valid ONNX model (empty graph)")
-    _read_external(m, p.resolve().parent, arrays)
+    cap = limits.max_unpacked_bytes() if max_external is None else max_external
+    _read_external(m, p.resolve().parent, arrays, cap)
     return m, arrays
 
 
@@ -298,12 +303,20 @@ def _initializer(mm: mmap.mmap, f, fs: int, ps: int, fe: int, arrays: dict[str, 
     return _key(GRAPH_INITIALIZER) + _enc_varint(len(body)) + body
 
 
-def _read_external(m: ModelProto, base: Path, arrays: dict[str, np.ndarray]) -> None:
+def _read_external(m: ModelProto, base: Path, arrays: dict[str, np.ndarray], cap: int) -> None:
     """Tensors with external data (large models): validated location, read into arrays."""
     attr_tensors = [a.t for node in m.graph.node for a in node.attribute
                     if a.type == a.TENSOR and a.t.data_location == TensorProto.EXTERNAL]
     inits = [t for t in m.graph.initializer if t.data_location == TensorProto.EXTERNAL and not is_stub(t)]
     targets = [_external_target(t, base) for t in attr_tensors + inits]  # all checked before any read
+    places = [_placement(t, target) for t, target in zip(inits, targets[len(attr_tensors):], strict=True)]
+    # Each tensor fits in its file, but many may declare the same bytes: bound the sum, still before
+    # allocating anything.
+    total = sum(nbytes for _, _, nbytes in places)
+    total += sum(_attr_bytes(t, tg) for t, tg in zip(attr_tensors, targets[:len(attr_tensors)], strict=True))
+    if total > cap:
+        raise ModelLoadError(
+            f"the model declares {total} bytes of external data, more than the limit of {cap} bytes")
     if attr_tensors:  # rare: Constant values stored outside; onnx reads them (path checked above)
         import onnx.external_data_helper as edh
 
@@ -311,30 +324,51 @@ def _read_external(m: ModelProto, base: Path, arrays: dict[str, np.ndarray]) -> 
             edh.load_external_data_for_tensor(t, str(base))
             t.data_location = TensorProto.DEFAULT
             del t.external_data[:]
-    for t, target in zip(inits, targets[len(attr_tensors):], strict=True):
-        info = {e.key: e.value for e in t.external_data}
-        dt = plain_dtype(t.data_type)
-        n = int(np.prod(t.dims, dtype=np.int64))
-        offset, length = int(info.get("offset", 0) or 0), int(info.get("length", 0) or 0)
-        if dt is None:
-            raise ModelLoadError(f"external data of {t.name!r}: unsupported data type {t.data_type}")
-        if length and length != n * dt.itemsize:
-            raise ModelLoadError(f"external data of {t.name!r}: length {length} != {n * dt.itemsize} bytes")
-        if offset < 0 or offset + n * dt.itemsize > target.stat().st_size:  # before allocating
-            raise ModelLoadError(f"external data of {t.name!r} is truncated in {info.get('location')!r}")
+    for t, target, (dt, offset, _) in zip(inits, targets[len(attr_tensors):], places, strict=True):
         arr = np.empty(tuple(t.dims), dtype=dt)
         with open(target, "rb") as f:
             f.seek(offset)
             if f.readinto(memoryview(arr.reshape(-1).view(np.uint8))) != arr.nbytes:
-                raise ModelLoadError(f"external data of {t.name!r} is truncated in {info.get('location')!r}")
+                raise ModelLoadError(f"external data of {t.name!r} is truncated in {target.name!r}")
         arr.flags.writeable = False
-        if n <= INLINE_MAX:
+        if arr.size <= INLINE_MAX:
             t.data_location = TensorProto.DEFAULT
             del t.external_data[:]
             t.raw_data = arr.tobytes()
         else:
             arrays[t.name] = arr
             _mark(t)
+
+
+def _offset_length(t: TensorProto) -> tuple[dict[str, str], int, int]:
+    info = {e.key: e.value for e in t.external_data}
+    try:
+        return info, int(info.get("offset", 0) or 0), int(info.get("length", 0) or 0)
+    except ValueError:
+        raise ModelLoadError(f"external data of {t.name!r} has a malformed offset or length") from None
+
+
+def _placement(t: TensorProto, target: Path) -> tuple[np.dtype, int, int]:
+    """(dtype, offset, bytes) of an external initializer, checked against its file before allocating."""
+    info, offset, length = _offset_length(t)
+    dt = plain_dtype(t.data_type)
+    if dt is None:
+        raise ModelLoadError(f"external data of {t.name!r}: unsupported data type {t.data_type}")
+    nbytes = math.prod(int(d) for d in t.dims) * dt.itemsize  # Python ints: no int64 overflow
+    if length and length != nbytes:
+        raise ModelLoadError(f"external data of {t.name!r}: length {length} != {nbytes} bytes")
+    if offset < 0 or offset + nbytes > target.stat().st_size:
+        raise ModelLoadError(f"external data of {t.name!r} is truncated in {info.get('location')!r}")
+    return dt, offset, nbytes
+
+
+def _attr_bytes(t: TensorProto, target: Path) -> int:
+    """Bytes a Constant's external value would take: dims x itemsize, else its length, else its file."""
+    _, offset, length = _offset_length(t)
+    dt = plain_dtype(t.data_type)
+    if dt is not None:
+        return math.prod(int(d) for d in t.dims) * dt.itemsize
+    return length or max(target.stat().st_size - offset, 0)
 
 
 def _external_target(t: TensorProto, base: Path) -> Path:

@@ -45,7 +45,7 @@ async def upload_dataset(
     store: StoreDep,
     owner: OwnerDep,
 ) -> Dataset:
-    upload = await receive_upload(request, store, settings.max_upload_bytes)
+    upload = await receive_upload(request, store, settings)
     return await run_in_threadpool(_register_dataset, upload, response, settings, session, store, owner)
 
 
@@ -56,7 +56,9 @@ def _register_dataset(
         if not upload.filename.lower().endswith(".npz"):
             raise ProblemError(415, f"unsupported dataset file {upload.filename!r}: send an .npz")
         try:
-            arrays = read_npz_header(upload.staged.path, max_unpacked=settings.max_upload_bytes * 4)
+            arrays = read_npz_header(
+                upload.staged.path, max_unpacked=settings.max_unpacked_bytes, max_ratio=settings.max_zip_ratio
+            )
             if model_id := upload.fields.get("model_id"):
                 model = session.get(Model, model_id)
                 if model is None or model.owner_id != owner:

@@ -84,8 +84,9 @@ def _replay(job: Job, request_hash: str, response: Response) -> JobOut:
     response_model=JobOut,
     summary="Submit a pruning job",
     description="Answers 202 with `Location`. With an `Idempotency-Key` header, the same key and the "
-    "same body give the same job again; the same key with another body is a 422.",
-    responses=problems(401, 403, 404, 422, 503),
+    "same body give the same job again; the same key with another body is a 422. A body larger than "
+    "`SPA_MAX_SPEC_BYTES` (plus a little for `model_id`) is a 413.",
+    responses=problems(401, 403, 404, 413, 422, 503),
 )
 def create_job(
     body: JobCreate,

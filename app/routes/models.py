@@ -1,7 +1,8 @@
 """/v1/models: upload (streamed to the blob store), list, get, groups.
 
-The API never parses a model: it checks the size and cheap magic bytes (and a zip's member names),
-then a worker validates it (state validating -> ready | invalid)."""
+The API never parses a model: it checks the size and cheap magic bytes (and a zip's directory:
+member names, declared sizes, compression ratio), then a worker validates it (state
+validating -> ready | invalid)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.schemas import GroupsOut, ModelOut, Page
 from app.storage import BlobStore, StagedFile
 from app.uploads import Upload, find_or_publish, multipart_openapi, receive_upload
-from app.zipcheck import UnsafeZip, check_zip
+from pruning_core.frontends.zipsafe import UnsafeZip, check_zip
 from worker.celery_app import TASK_VALIDATE_MODEL
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -47,8 +48,8 @@ def _format_of(filename: str) -> str:
     return fmt
 
 
-def sniff_model(staged: StagedFile, fmt: str, max_unpacked: int) -> None:
-    """Reject what is certainly not a model of the announced format (422)."""
+def sniff_model(staged: StagedFile, fmt: str, max_unpacked: int, max_ratio: float) -> None:
+    """Reject what is certainly not a model of the announced format, or a zip bomb (422)."""
     head = staged.head
     if staged.size == 0:
         raise ProblemError(422, "the uploaded file is empty")
@@ -60,7 +61,7 @@ def sniff_model(staged: StagedFile, fmt: str, max_unpacked: int) -> None:
         raise ProblemError(422, f"not a .{fmt} archive: the file is not a zip")
     try:
         with zipfile.ZipFile(staged.path) as zf:
-            files = check_zip(zf, max_unpacked=max_unpacked)
+            files = check_zip(zf, max_unpacked=max_unpacked, max_ratio=max_ratio, packed=staged.size)
     except zipfile.BadZipFile as e:
         raise ProblemError(422, f"not a valid zip archive: {e}") from e
     except UnsafeZip as e:
@@ -89,7 +90,7 @@ async def upload_model(
     sender: SenderDep,
     owner: OwnerDep,
 ) -> Model:
-    upload = await receive_upload(request, store, settings.max_upload_bytes)
+    upload = await receive_upload(request, store, settings)
     # Hashing is done; what is left (zip directory, S3 upload, DB) blocks: keep it off the event loop.
     return await run_in_threadpool(_register_model, upload, response, settings, session, store, sender, owner)
 
@@ -105,9 +106,9 @@ def _register_model(
 ) -> Model:
     try:
         fmt = _format_of(upload.filename)
-        if fmt == "pt2" and not settings.allow_pytorch_uploads:
+        if fmt == "pt2" and not settings.pytorch_uploads_allowed:
             raise ProblemError(403, "PyTorch (.pt2) uploads are disabled on this server (SPA_ALLOW_PYTORCH_UPLOADS)")
-        sniff_model(upload.staged, fmt, settings.max_upload_bytes * 4)
+        sniff_model(upload.staged, fmt, settings.max_unpacked_bytes, settings.max_zip_ratio)
         existing = find_or_publish(session, Model, owner, upload, store)
         if existing is not None:
             response.status_code = 200

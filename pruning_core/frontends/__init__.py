@@ -2,7 +2,7 @@
 
 ``open_model(path, workdir)`` returns a ``Source``: the ONNX path to prune plus a hook that writes
 frontend-specific artifacts (``pruned.pt2``, ``plan.json`` for PyTorch) after pruning. ONNX files
-pass through; ``.zip`` archives (model + external data) are extracted with path checks; PyTorch
+pass through; ``.zip`` archives (model + external data) are extracted by ``frontends.zipsafe``; PyTorch
 programs (``.pt2``) are converted by ``frontends.pytorch``."""
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ import os
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from pruning_core.errors import ModelLoadError
 
 PYTORCH_SUFFIXES = (".pt2", ".pt", ".pth", ".ts")
-MAX_ZIP_MEMBERS = 10_000
 
 # (analysis, removed[cid], pruned ModelProto, out_dir, spec) -> {artifact name: path}
 ArtifactHook = Callable[[Any, Any, Any, Path, Any], dict[str, Path]]
@@ -47,25 +46,17 @@ def open_model(path: str | os.PathLike[str], workdir: Path,
     return Source(p, "onnx", p)
 
 
-def extract_zip(path: Path, dest: Path) -> Path:
-    """Extract an uploaded archive safely; returns the one .onnx inside it."""
+def extract_zip(path: Path, dest: Path, *, max_unpacked: int | None = None,
+                max_ratio: float | None = None) -> Path:
+    """Extract an uploaded archive with the service's limits (``frontends.zipsafe``: paths, links,
+    member count, declared and real sizes, compression ratio); returns the one .onnx inside it."""
+    from pruning_core.frontends.zipsafe import UnsafeZip, safe_extract
+
     try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise ModelLoadError(f"{path.name} is not a valid zip archive") from None
-    with zf:
-        infos = zf.infolist()
-        if len(infos) > MAX_ZIP_MEMBERS:
-            raise ModelLoadError(f"{path.name} has too many members ({len(infos)})")
-        for info in infos:
-            name = PurePosixPath(info.filename.replace("\\", "/"))
-            if name.is_absolute() or ".." in name.parts or (name.parts and ":" in name.parts[0]):
-                raise ModelLoadError(f"zip member {info.filename!r} has an unsafe path")
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise ModelLoadError(f"zip member {info.filename!r} is a symbolic link")
-        dest.mkdir(parents=True, exist_ok=True)
-        zf.extractall(dest)
-    models = sorted(dest.rglob("*.onnx"))
+        files = safe_extract(path, dest, max_unpacked=max_unpacked, max_ratio=max_ratio)
+    except UnsafeZip as e:
+        raise ModelLoadError(str(e)) from None
+    models = sorted(p for p in files if p.suffix == ".onnx")
     if len(models) != 1:
         raise ModelLoadError(f"{path.name} must hold exactly one .onnx file, found {len(models)}")
     return models[0]

@@ -1,7 +1,7 @@
 """PyTorch frontend: ``.pt2`` programs in; ``pruned.pt2`` and ``plan.json`` out.
 
-In: a ``torch.export.save`` archive is loaded with ``torch.export.load`` (a program: only ever in the
-worker or the local CLI, never in the API process) and converted to ONNX with the dynamo exporter,
+In: a ``torch.export.save`` archive is read by ``pt2_archive`` (a program: only ever in the worker's
+sandbox or the local CLI, never in the API process) and converted to ONNX with the dynamo exporter,
 *unoptimized*: the exporter's optimizer fuses BatchNorm into Conv and deduplicates equal constants,
 both of which destroy the link between initializers and the user's parameter names. We fold only
 what does not read a parameter (shape chains, the zero bias of a bias-free conv), so initializer names
@@ -19,9 +19,9 @@ Out (the artifact hook, called by ``api.prune`` after surgery):
   ``pruned.onnx`` it is specialized to the static input shapes the core pruned with (batch 1 unless
   ``input_shapes`` says otherwise); ``apply_plan`` on the user's module is the shape-generic way.
 
-TorchScript archives (``.pt``/``.ts`` with TorchScript code) carry no input shapes: they are
-converted when ``input_shapes`` gives every input (float inputs assumed); pickled checkpoints
-(``torch.save``) are refused, they hold no graph and unpickling runs arbitrary code.
+Uploads are programs from strangers: ``pt2_archive`` reads them without running their pickles or
+code. TorchScript archives (loading one runs the archive's own code) and pickled checkpoints
+(``torch.save``: no graph, and unpickling runs arbitrary code) are refused with a sentence.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from torch import nn
 from pruning_core.errors import ModelLoadError, PruneError
 from pruning_core.executor import OnnxTwin
 from pruning_core.frontends import Source
+from pruning_core.frontends.pt2_archive import is_pt2, load_exported_program
 from pruning_core.plan import InitMapping, OriginalTensor, Plan, build_plan
 
 __all__ = ["PT2ExportError", "PrunedProgram", "load_program", "map_initializers", "open_pt2", "to_onnx"]
@@ -67,74 +68,33 @@ class PT2ExportError(PruneError):
 # ------------------------------------------------------------------------------------ loading
 
 
-def load_program(
-    path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None
-) -> tuple[torch.export.ExportedProgram, list[str] | None]:
-    """The ExportedProgram in ``path`` (a .pt2, or a TorchScript archive) and, for TorchScript, the
-    input names to give the ONNX graph; ModelLoadError with the reason otherwise (the worker marks
-    the model invalid from it)."""
+def load_program(path: Path) -> torch.export.ExportedProgram:
+    """The ExportedProgram in ``path``, read by ``pt2_archive`` (no pickle beyond plain tensors, no
+    code of the archive run); ModelLoadError with the reason otherwise (the worker marks the model
+    invalid from it)."""
     if not zipfile.is_zipfile(path):
         raise ModelLoadError(f"{path.name} is not a PyTorch archive (expected a torch.export.save .pt2 file)")
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
-    if any(n.endswith("/code/") or "/code/__torch__" in n for n in names) and not _is_pt2(names):
-        return _load_torchscript(path, input_shapes)
-    if not _is_pt2(names):
-        raise ModelLoadError(
-            f"{path.name} is a pickled checkpoint (torch.save), not a program: it holds no graph "
-            "and cannot be loaded safely; save the model with torch.export.save(torch.export.export("
-            "model, example_inputs), 'model.pt2')"
-        )
-    try:
+    if is_pt2(names):
         with _quiet():
-            ep = torch.export.load(str(path))
-    except Exception as e:  # a truncated or tampered archive fails anywhere inside torch
+            return load_exported_program(path)
+    if any(n.endswith("/code/") or "/code/__torch__" in n for n in names):
         raise ModelLoadError(
-            f"{path.name} is not a loadable torch.export program ({_first_line(e)})"
-        ) from None
-    if not isinstance(ep, torch.export.ExportedProgram):
-        raise ModelLoadError(f"{path.name} does not hold an ExportedProgram (got {type(ep).__name__})")
-    return ep, None
-
-
-def _is_pt2(names: list[str]) -> bool:
-    # torch.export.save archives: "<archive>/archive_format" plus "models/" (new) or "serialized_*" (old)
-    return any(n.endswith("archive_format") for n in names) or any(
-        "serialized_exported_program" in n for n in names
+            f"{path.name} is a TorchScript archive: loading one unpickles its data and runs its code, so "
+            "it is refused; save the model with torch.export.save(torch.export.export(model, "
+            "example_inputs), 'model.pt2')"
+        )
+    if any("serialized_exported_program" in n for n in names):
+        raise ModelLoadError(
+            f"{path.name} is a .pt2 of an older torch (its state is pickled) and is refused; re-save it "
+            "with torch.export.save in torch 2.13"
+        )
+    raise ModelLoadError(
+        f"{path.name} is a pickled checkpoint (torch.save), not a program: it holds no graph "
+        "and cannot be loaded safely; save the model with torch.export.save(torch.export.export("
+        "model, example_inputs), 'model.pt2')"
     )
-
-
-def _load_torchscript(
-    path: Path, input_shapes: Mapping[str, Sequence[int]] | None
-) -> tuple[torch.export.ExportedProgram, list[str]]:
-    try:
-        with _quiet():
-            module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:
-        raise ModelLoadError(
-            f"{path.name} is not a loadable TorchScript archive ({_first_line(e)})"
-        ) from None
-    inputs = [i.debugName().split(".")[0] for i in list(module.graph.inputs())[1:]]
-    missing = [n for n in inputs if n not in (input_shapes or {})]
-    if missing:
-        raise ModelLoadError(
-            f"{path.name} is a TorchScript archive, which records no input shapes: give input_shapes "
-            f"for {missing} (float inputs), or upload a torch.export .pt2"
-        )
-    assert input_shapes is not None
-    args = tuple(torch.randn(*[int(d) for d in input_shapes[n]]) for n in inputs)
-    try:
-        from torch._export.converter import TS2EPConverter  # the exporter's own TorchScript path
-
-        with _quiet():
-            # the converter names inputs x_1 and leaves their dims dynamic: the ONNX graph gets the
-            # user's names back, so that input_shapes (which fix the dims) apply to it
-            return TS2EPConverter(module, args).convert(), inputs
-    except Exception as e:
-        raise ModelLoadError(
-            f"cannot convert TorchScript archive {path.name} to a program ({_first_line(e)}); "
-            "upload a torch.export .pt2 instead"
-        ) from None
 
 
 # ------------------------------------------------------------------------------- originals
@@ -652,11 +612,11 @@ def open_pt2(path: Path, workdir: Path, input_shapes: Mapping[str, Sequence[int]
     """Load a PyTorch program, convert it to ONNX in ``workdir``; the Source's hook writes the
     PyTorch artifacts after pruning."""
     path = Path(path)
-    ep, input_names = load_program(path, input_shapes)
+    ep = load_program(path)
     originals = Originals.of(ep, path.name)
     workdir.mkdir(parents=True, exist_ok=True)
     onnx_path = workdir / f"{path.stem}.onnx"
-    to_onnx(ep, onnx_path, input_names)
+    to_onnx(ep, onnx_path)
     return Source(onnx_path, "pytorch", path, ArtifactWriter(originals))
 
 

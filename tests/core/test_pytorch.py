@@ -397,30 +397,6 @@ def test_corrupt_pt2_is_a_model_load_error(
         analyze(bad)
 
 
-def test_torchscript_archive(tmp_path: Path) -> None:
-    """A traced TorchScript archive converts when input shapes are given (it records none)."""
-    from pruning_core import api
-    from pruning_core.frontends.pytorch import open_pt2
-
-    m = _hand(TinyCNN, ()).make()
-    x = torch.randn(1, 3, 16, 16)
-    torch.jit.trace(m, (x,)).save(str(tmp_path / "cnn.pt"))
-    with pytest.raises(ModelLoadError, match="input_shapes"):
-        open_pt2(tmp_path / "cnn.pt", tmp_path / "w0")
-
-    with pytest.raises(ModelLoadError, match="input_shapes"):  # through the entry point too
-        api.prune(tmp_path / "cnn.pt", SPEC, tmp_path / "out0")
-    shapes = {"x": [1, 3, 16, 16]}
-    result = api.prune(tmp_path / "cnn.pt", {**SPEC, "input_shapes": shapes}, tmp_path / "out")
-    ep = torch.export.load(str(result.artifacts["pruned.pt2"]))
-    assert set(ep.state_dict) == set(m.state_dict())
-    fresh = _hand(TinyCNN, ()).make()
-    apply_plan(fresh, result.artifacts["plan.json"])
-    fresh.load_state_dict(ep.state_dict)
-    with torch.no_grad():
-        _close(_flat(fresh(x)), _flat(ep.module()(x)), "torchscript: apply_plan module")
-
-
 def test_client_import_stays_light() -> None:
     code = (
         "import sys, client; assert 'torch' not in sys.modules; print(client.apply_plan.__name__); "

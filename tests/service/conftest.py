@@ -144,8 +144,9 @@ def private_settings(backend: Backend, tmp_path: Path) -> Iterator[Settings]:
 
 @pytest.fixture
 def settings(backend: Backend) -> Settings:
-    """Settings whose queues no worker consumes: jobs stay queued (API-only tests)."""
-    return backend.settings("idle")
+    """Settings whose queues no worker consumes: jobs stay queued (API-only tests). PyTorch uploads
+    on, so that .pt2 cases reach the checks they test (their default is tested on its own)."""
+    return backend.settings("idle", allow_pytorch_uploads=True)
 
 
 def make_client(settings: Settings, client_addr: tuple[str, int] = ("testclient", 50000)) -> Any:
@@ -243,7 +244,7 @@ class WorkerProc:
 def live_worker(
     backend: Backend, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Settings, WorkerProc]]:
-    settings = backend.settings("live")
+    settings = backend.settings("live", allow_pytorch_uploads=True)  # .pt2 tests: see SECURITY.md
     w = WorkerProc(settings, tmp_path_factory.mktemp("logs") / f"worker-{backend.name}.log", f"live-{RUN}")
     yield settings, w
     w.stop()
