@@ -61,7 +61,7 @@ def analyze(model: str | os.PathLike[str], input_shapes: dict[str, list[int]] | 
             attention_heads: str = "auto", approximate: bool = False) -> dict[str, Any]:
     """Summary of a model: params, MACs, inputs, outputs and its dependency groups."""
     with tempfile.TemporaryDirectory(prefix="spa-") as tmp, small_pages():
-        src = open_model(model, Path(tmp), input_shapes)
+        src = open_model(model, Path(tmp))
         g = graph_mod.load(src.path, input_shapes)
     an = analyze_graph(g, attention_heads, approximate)
     return {"kind": src.kind, "params": metrics.count_params(g), "macs": metrics.count_macs(g),
@@ -91,7 +91,7 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
         timings[name] = round(time.perf_counter() - started.get(name, time.perf_counter()), 4)
 
     stage("load", 0.0, f"loading {Path(model).name}")
-    src = open_model(model, tmp, spec.input_shapes)
+    src = open_model(model, tmp)
     g = graph_mod.load(src.path, spec.input_shapes)
     done("load")
 
@@ -111,7 +111,7 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
     done("select")
 
     stage("surgery", 0.0, f"removing {int(removed.sum())} channels")
-    pruned: LightModel | ModelProto = surgery.apply_light(an, removed)
+    pruned: LightModel | ModelProto = surgery.apply_light(an, removed, progress=lambda f: stage("surgery", f))
     done("surgery")
 
     crit = CRITERIA[spec.criterion]
@@ -134,6 +134,7 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
 
     if crit.compensate is not None:
         stage("compensate", 0.0, f"{spec.criterion} weight compensation")
+        ctx.progress = lambda f, m: stage("compensate", f, m)
         pruned = crit.compensate(ctx, removed, _full(pruned))
         done("compensate")
 
@@ -160,7 +161,7 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
         del pruned  # from here on the file is the result: run and timed from disk
 
     stage("measure", 0.0, "params, MACs, latency")
-    figures = _measure(g, an, removed, onnx_path, inputs, tmp, spec.measure)
+    figures = _measure(g, an, removed, onnx_path, inputs, tmp, spec.measure, lambda f: stage("measure", f))
     done("measure")
 
     artifacts = {"pruned.onnx": onnx_path}
@@ -191,7 +192,8 @@ def _exact_only(an: Analysis, removed: np.ndarray) -> np.ndarray:
 
 
 def _measure(g: graph_mod.Graph, an: Analysis, removed: np.ndarray, pruned: Path,
-             inputs: dict[str, np.ndarray], tmp: Path, timed: bool = True) -> dict[str, Any]:
+             inputs: dict[str, np.ndarray], tmp: Path, timed: bool = True,
+             progress: Callable[[float], None] | None = None) -> dict[str, Any]:
     """Figures of the normalized original (constants folded like the result, so the ratio shows
     what pruning did) vs the pruned file; one onnxruntime session from each file, one at a time."""
     counts = {"params_before": an.params(), "params_after": an.params(removed),
@@ -206,6 +208,8 @@ def _measure(g: graph_mod.Graph, an: Analysis, removed: np.ndarray, pruned: Path
     before, ref = metrics.latency_ms(sess, inputs), metrics.run(sess, inputs)
     del sess
     original.unlink()
+    if progress is not None:  # each half runs for seconds (a latency budget of 3 s)
+        progress(0.5)
     sess = metrics.session(pruned)
     after, out = metrics.latency_ms(sess, inputs), metrics.run(sess, inputs)
     return {**counts, "latency_before": before, "latency_after": after, "fidelity": metrics.fidelity(ref, out)}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,16 +59,18 @@ def model_batch(g: Graph) -> int:
 
 
 def batches(g: Graph, data: dict[str, np.ndarray] | None = None, labels: np.ndarray | None = None,
-            samples: int = 128, seed: int = 0) -> Iterator[Batch]:
+            samples: int = 128, seed: int = 0,
+            progress: Callable[[float], None] | None = None) -> Iterator[Batch]:
     """Up to ``samples`` samples in batches of the model's batch size.
 
     With data, the last batch is filled up by wrapping around (the model's batch size is fixed).
     Without data: for BatchNorm models ``min(samples, SYNTH_SAMPLES)`` synthesized samples (rounded
     up to whole batches: synthesis is the costly part, and matched statistics need few samples),
-    else ``ceil(samples / batch)`` Gaussian batches, each with its own seed."""
+    else ``ceil(samples / batch)`` Gaussian batches, each with its own seed. ``progress(fraction)``
+    follows the synthesis steps."""
     bsz = model_batch(g)
     if data is None:
-        synth = bn_matched(g, samples, seed)
+        synth = bn_matched(g, samples, seed, progress=progress)
         if synth is not None:
             yield from synth
             return
@@ -88,11 +90,11 @@ def batches(g: Graph, data: dict[str, np.ndarray] | None = None, labels: np.ndar
 
 
 def cached(cache: dict, g: Graph, data: dict[str, np.ndarray] | None, labels: np.ndarray | None,
-           samples: int, seed: int) -> list[Batch]:
+           samples: int, seed: int, progress: Callable[[float], None] | None = None) -> list[Batch]:
     """``batches`` materialized once per scoring run (``ScoreContext.cache``): every pass of a
     criterion sees the same samples, and data-free synthesis runs once."""
     if "calib_batches" not in cache:
-        cache["calib_batches"] = list(batches(g, data, labels, samples, seed))
+        cache["calib_batches"] = list(batches(g, data, labels, samples, seed, progress))
     return cache["calib_batches"]
 
 
@@ -127,8 +129,8 @@ def _synth_key(g: Graph, samples: int, seed: int, steps: int) -> tuple | None:
     return (str(Path(g.path).resolve()), st.st_mtime_ns, st.st_size, shapes, samples, seed, steps)
 
 
-def bn_matched(g: Graph, samples: int = SYNTH_SAMPLES, seed: int = 0,
-               steps: int | None = None) -> list[Batch] | None:
+def bn_matched(g: Graph, samples: int = SYNTH_SAMPLES, seed: int = 0, steps: int | None = None,
+               progress: Callable[[float], None] | None = None) -> list[Batch] | None:
     """Data-free inputs whose BatchNorm batch statistics match the running statistics; None when
     the model has no BatchNorm with constant statistics, no float input, or the twin cannot run it."""
     if not synthesizes(g):
@@ -138,7 +140,7 @@ def bn_matched(g: Graph, samples: int = SYNTH_SAMPLES, seed: int = 0,
     if key is not None and key in _SYNTH_CACHE:
         _SYNTH_CACHE.move_to_end(key)
         return _SYNTH_CACHE[key]
-    out = _synthesize(g, samples, seed, steps)
+    out = _synthesize(g, samples, seed, steps, progress)
     if key is not None and out is not None:
         _SYNTH_CACHE[key] = out
         while len(_SYNTH_CACHE) > _SYNTH_CACHE_SIZE:
@@ -146,7 +148,8 @@ def bn_matched(g: Graph, samples: int = SYNTH_SAMPLES, seed: int = 0,
     return out
 
 
-def _synthesize(g: Graph, samples: int, seed: int, steps: int) -> list[Batch] | None:
+def _synthesize(g: Graph, samples: int, seed: int, steps: int,
+                progress: Callable[[float], None] | None = None) -> list[Batch] | None:
     bns, floats = _bn_nodes(g), _float_inputs(g)
     import torch
 
@@ -180,7 +183,9 @@ def _synthesize(g: Graph, samples: int, seed: int, steps: int) -> list[Batch] | 
         out.update({n: (z - affine[n][1]) / affine[n][0] for n, z in zs[i].items()})
         return out
 
-    for _ in range(steps):
+    for step in range(steps):
+        if progress is not None:
+            progress(step / steps)
         caps = [twin.run(feeds(i), capture=names)[1] for i in range(k)]
         loss = torch.zeros(())
         for name, (rm, rv) in zip(names, target, strict=True):

@@ -4,6 +4,8 @@ them against the shapes the analysis predicts."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import AttributeProto, ModelProto, NodeProto, numpy_helper
@@ -85,16 +87,21 @@ def apply(an: Analysis, removed: np.ndarray) -> ModelProto:
     return apply_light(an, removed).full()
 
 
-def apply_light(an: Analysis, removed: np.ndarray) -> LightModel:
+def apply_light(an: Analysis, removed: np.ndarray,
+                progress: Callable[[float], None] | None = None) -> LightModel:
     """The pruned model as a light proto plus arrays: untouched weights are the original's
-    arrays (shared, read-only), sliced ones new arrays; nothing goes through protobuf."""
+    arrays (shared, read-only), sliced ones new arrays; nothing goes through protobuf.
+    ``progress(fraction)`` every few dozen sliced initializers (a cancel lands there)."""
     g = an.graph
     m = ModelProto()
     m.CopyFrom(g.model)  # light: stubs only
     removed = np.asarray(removed, dtype=bool)
     arrays = dict(g.inits)
     by_name = {t.name: t for t in m.graph.initializer}
-    for init, owners in an.param_owner.items():
+    n_params = max(1, len(an.param_owner))
+    for i, (init, owners) in enumerate(an.param_owner.items()):
+        if progress is not None and i % 32 == 0:
+            progress(0.9 * i / n_params)
         arr = g.inits[init]
         for ax, owner in owners:
             keep = np.nonzero((owner < 0) | ~removed[np.maximum(owner, 0)])[0]
@@ -114,6 +121,8 @@ def apply_light(an: Analysis, removed: np.ndarray) -> LightModel:
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is not None and rule.rewrite is not None:
             rule.rewrite(sx, node)
+    if progress is not None:
+        progress(0.9)  # shape inference and the check below
     weights.strip(m, arrays)
     del m.graph.value_info[:]
     try:  # on a skeleton: the weights are never serialized for inference

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
-import tempfile
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,11 @@ from app.db.models import Dataset, Job, Model, utcnow
 from app.db.session import get_engine, session_scope
 from app.storage import BlobStore, make_store
 from app.zipcheck import UnsafeZip, safe_extract
+from worker import sandbox, workdirs
 from worker.celery_app import TASK_RUN_JOB, TASK_VALIDATE_MODEL, celery_app
 from worker.progress import ProgressReporter
+from worker.sandbox import SandboxFailure
+from worker.sandbox_child import execute
 
 log = logging.getLogger("spa.worker")
 ARTIFACT_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -46,9 +48,31 @@ def _worker_name() -> str:
 def _fresh_engines(**_: Any) -> None:
     # A forked pool child must not share the parent's pooled DB connections (sockets).
     get_engine.cache_clear()
+    # A pool child that replaces a killed one (OOM) clears the folders its predecessor left.
+    _remove_stale_workdirs()
 
 
-def materialize_model(store: BlobStore, model: Model, workdir: Path, max_unpacked: int) -> Path:
+def _remove_stale_workdirs() -> None:
+    try:
+        workdirs.remove_stale()
+    except Exception:  # never keep a worker from starting over a cleanup
+        log.warning("removing stale work folders failed", exc_info=True)
+
+
+def _run_model_op(settings: Settings, workdir: Path, request: dict[str, Any], *,
+                  progress: Callable[[str, float, str | None], None] | None = None,
+                  poll: Callable[[], None] | None = None) -> dict[str, Any]:
+    """``analyze`` / ``prune`` on the files in ``workdir``: in the sandboxed child, or in this
+    process when the sandbox is off. Raises SandboxFailure with the job's error code."""
+    if settings.sandbox:
+        return sandbox.run(workdir, request, sandbox.Policy.of(settings), progress=progress, poll=poll)
+    from pruning_core.errors import Cancelled
+
+    result = execute(request, workdir, progress, passthrough=(Cancelled, SoftTimeLimitExceeded))
+    return sandbox.check(result, request["op"])
+
+
+def materialize_model(store: BlobStore, model: Model, workdir: Path, settings: Settings) -> Path:
     """Fetch the model blob to a real path; unpack a zip (model.onnx + external data) safely."""
     if model.format != "zip":
         path = workdir / f"model.{model.format}"
@@ -56,7 +80,8 @@ def materialize_model(store: BlobStore, model: Model, workdir: Path, max_unpacke
         return path
     archive = workdir / "upload.zip"
     store.fetch(model.sha256, archive)
-    files = safe_extract(archive, workdir / "unzipped", max_unpacked=max_unpacked)
+    files = safe_extract(archive, workdir / "unzipped", max_unpacked=settings.max_unpacked_bytes,
+                         max_ratio=settings.max_zip_ratio)
     archive.unlink()
     onnx_files = sorted(
         (p for p in files if p.suffix == ".onnx"), key=lambda p: (len(p.parts), p.name != "model.onnx")
@@ -96,31 +121,27 @@ def validate_model(model_id: str) -> str:
     model = _claim_validation(settings, model_id)
     if model is None:
         return "skipped"
-    workdir = Path(tempfile.mkdtemp(prefix="spa-validate-"))
+    workdir = workdirs.make("validate")
     state, reason, summary, groups = "invalid", None, None, None
     try:
-        from pruning_core.api import analyze
-        from pruning_core.errors import PruneError
-    except ImportError as e:  # a broken deployment: say so on the model rather than crash
-        log.error("analyze unavailable: %s", e)
-        analyze, PruneError = None, None  # type: ignore[assignment]
-        reason = f"model analysis is not available on this worker: {e}"
-    try:
-        if analyze is not None:
-            path = materialize_model(store, model, workdir, settings.max_upload_bytes * 4)
-            info = analyze(str(path))
-            groups = info.pop("groups", None)
-            summary, state = info, "ready"
+        path = materialize_model(store, model, workdir / "in", settings)
+        request = {"op": "analyze", "model": str(path.relative_to(workdir))}
+        info = _run_model_op(settings, workdir, request)["info"]
+        groups = info.pop("groups", None)
+        summary, state = info, "ready"
     except UnsafeZip as e:
         reason = str(e)
-    except Exception as e:
-        if PruneError is not None and isinstance(e, PruneError):
-            reason = str(e) or type(e).__name__
-        else:  # a crash in analysis is still an answer the user must see
-            log.exception("validation of model %s crashed", model_id)
-            reason = f"internal error while analysing the model: {type(e).__name__}: {e}"
+    except SandboxFailure as e:  # the model's verdict, a limit, or a crash: an answer the user sees
+        if e.code == "internal":
+            log.warning("validation of model %s failed: %s", model_id, e.message)
+        reason = e.message
+    except SoftTimeLimitExceeded:
+        reason = f"model analysis did not finish within the time limit of {settings.task_soft_time_limit} s"
+    except Exception as e:  # a crash in the worker itself is still an answer the user must see
+        log.exception("validation of model %s crashed", model_id)
+        reason = f"internal error while analysing the model: {type(e).__name__}: {e}"
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        workdirs.remove(workdir)
     with session_scope(settings.database_url) as session:
         row = session.get(Model, model_id)
         if row is None:
@@ -149,14 +170,16 @@ class _Heartbeat(threading.Thread):
                 log.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
 
 
-def _store_artifacts(store: BlobStore, artifacts: dict[str, Path], limit: int) -> dict[str, dict[str, Any]]:
+def _store_artifacts(
+    store: BlobStore, artifacts: dict[str, Path], limit: int, owner_uid: int | None
+) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, path in artifacts.items():
         if not name or not set(name) <= ARTIFACT_NAME_OK or name.startswith("."):
             raise ValueError(f"library returned an artifact with an unsafe name: {name!r}")
         staged = store.stage(limit)
         try:
-            with Path(path).open("rb") as fh:
+            with sandbox.open_output(path, owner_uid) as fh:
                 while chunk := fh.read(1024 * 1024):
                     staged.write(chunk)
             sha = staged.finish()
@@ -165,6 +188,30 @@ def _store_artifacts(store: BlobStore, artifacts: dict[str, Path], limit: int) -
             staged.discard()
         out[name] = {"sha256": sha, "size": staged.size}
     return out
+
+
+class _JobLost(Exception):
+    """The job left running / cancelling under us (swept as silent): stop, report nothing."""
+
+
+def _job_watch(db: str, job_id: str) -> Callable[[], None]:
+    """Polled while the child runs: a cancel request stops it even in a stage that reports no
+    progress (the library cannot be trusted to call back, nor to be quick)."""
+    from pruning_core.errors import Cancelled
+
+    def check() -> None:
+        try:
+            with session_scope(db) as session:
+                state = session.execute(sa.select(Job.state).where(Job.id == job_id)).scalar_one_or_none()
+        except Exception:  # a database hiccup is no reason to kill the job; the next poll may pass
+            log.warning("polling job %s failed", job_id, exc_info=True)
+            return
+        if state == "cancelling":
+            raise Cancelled("cancelled by the user")
+        if state != "running":
+            raise _JobLost(f"job is {state}")
+
+    return check
 
 
 @celery_app.task(name=TASK_RUN_JOB)
@@ -185,12 +232,12 @@ def run_job(job_id: str) -> str:
             return got.reason
     beat = _Heartbeat(settings, job_id)
     beat.start()
-    workdir = Path(tempfile.mkdtemp(prefix="spa-job-"))
+    workdir = workdirs.make("job")
     try:
         return _run_claimed(settings, job_id, workdir)
     finally:
         beat.stop_event.set()
-        shutil.rmtree(workdir, ignore_errors=True)
+        workdirs.remove(workdir)
 
 
 def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> str:
@@ -198,7 +245,7 @@ def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> str:
     store = make_store(settings)
     reporter = ProgressReporter(settings, job_id)
     try:
-        from pruning_core.errors import Cancelled, PruneError
+        from pruning_core.errors import Cancelled
     except ImportError as e:
         return _fail(db, job_id, f"the pruning library is not installed on this worker: {e}", "internal")
     try:
@@ -212,21 +259,20 @@ def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> str:
             dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
             spec = dict(job.spec)
         reporter("fetch", 0.0, "fetching the model")
-        model_path = materialize_model(store, model, workdir / "in", settings.max_upload_bytes * 4)
-        data_path = None
+        model_path = materialize_model(store, model, workdir / "in", settings)
+        request: dict[str, Any] = {"op": "prune", "model": str(model_path.relative_to(workdir)),
+                                   "spec": spec, "out": "out", "data": None}
         if dataset is not None:
-            data_path = workdir / "in" / "data.npz"
-            store.fetch(dataset.sha256, data_path)
+            store.fetch(dataset.sha256, workdir / "in" / "data.npz")
+            request["data"] = "in/data.npz"
         reporter("fetch", 1.0, None)
-        from pruning_core.api import prune
-
-        out_dir = workdir / "out"
-        out_dir.mkdir()
-        result = prune(
-            str(model_path), spec, str(out_dir), data=str(data_path) if data_path else None, progress=reporter
-        )
+        result = _run_model_op(settings, workdir, request, progress=reporter, poll=_job_watch(db, job_id))
         reporter("store", 0.0, "storing artifacts")
-        artifacts = _store_artifacts(store, dict(result.artifacts), settings.max_upload_bytes * 4)
+        owner = sandbox.sandbox_user(sandbox.Policy.of(settings)) if settings.sandbox else None
+        paths = {name: sandbox.output_path(workdir, rel) for name, rel in result["artifacts"].items()}
+        artifacts = _store_artifacts(
+            store, paths, settings.max_upload_bytes * 4, owner.pw_uid if owner is not None else None
+        )
         with session_scope(db) as session:
             ok = jobstate.finish(
                 session,
@@ -235,8 +281,8 @@ def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> str:
                 message="succeeded",
                 stage="done",
                 progress=1.0,
-                summary=result.summary,
-                report=result.report,
+                summary=result["summary"],
+                report=result["report"],
                 artifacts=artifacts,
             )
         return "succeeded" if ok else "lost"
@@ -244,7 +290,14 @@ def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> str:
         with session_scope(db) as session:
             jobstate.finish(session, job_id, "cancelled", message="cancelled while running")
         return "cancelled"
-    except (PruneError, UnsafeZip) as e:
+    except _JobLost as e:
+        log.warning("job %s stopped: %s (taken over after a silence)", job_id, e)
+        return "lost"
+    except SandboxFailure as e:
+        if e.code == "internal":
+            log.error("job %s failed: %s", job_id, e.message)
+        return _fail(db, job_id, e.message, e.code)
+    except UnsafeZip as e:
         return _fail(db, job_id, str(e) or type(e).__name__, getattr(e, "code", "invalid_model"))
     except SoftTimeLimitExceeded:
         return _fail(db, job_id, f"time limit of {settings.task_soft_time_limit} s exceeded", "time_limit")
@@ -326,6 +379,7 @@ _sweeper: _Sweeper | None = None
 @worker_ready.connect
 def _start_sweeper(**_: Any) -> None:
     global _sweeper
+    _remove_stale_workdirs()  # what a SIGKILLed predecessor (and its pool children) left behind
     _sweeper = _Sweeper(_settings())
     _sweeper.start()
     try:

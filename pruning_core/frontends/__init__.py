@@ -30,17 +30,14 @@ class Source:
     artifacts: ArtifactHook | None = None
 
 
-def open_model(path: str | os.PathLike[str], workdir: Path,
-               input_shapes: dict[str, list[int]] | None = None) -> Source:
+def open_model(path: str | os.PathLike[str], workdir: Path) -> Source:
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"model file not found: {p}")
     if p.suffix.lower() in PYTORCH_SUFFIXES:
-        try:
-            from pruning_core.frontends import pytorch
-        except ImportError as e:  # the module is optional until the PyTorch frontend lands
-            raise ModelLoadError(f"PyTorch models are not supported here ({e})") from None
-        return pytorch.open_pt2(p, workdir, input_shapes)
+        from pruning_core.frontends import pytorch
+
+        return pytorch.open_pt2(p, workdir)
     if p.suffix.lower() == ".zip" or zipfile.is_zipfile(p) and p.suffix.lower() != ".onnx":
         return Source(extract_zip(p, workdir / "model"), "onnx", p)
     return Source(p, "onnx", p)

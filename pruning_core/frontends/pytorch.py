@@ -34,7 +34,7 @@ import logging
 import re
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -608,7 +608,7 @@ def _check_against_onnx(
 # ----------------------------------------------------------------------------------- entry
 
 
-def open_pt2(path: Path, workdir: Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Source:
+def open_pt2(path: Path, workdir: Path) -> Source:
     """Load a PyTorch program, convert it to ONNX in ``workdir``; the Source's hook writes the
     PyTorch artifacts after pruning."""
     path = Path(path)

@@ -44,8 +44,15 @@ def _wanted(ctx: ScoreContext, twin) -> dict[str, torch.nn.Parameter]:
 
 
 def _batches(ctx: ScoreContext) -> list[calibration.Batch]:
+    # data-free synthesis, when it runs, is the first 10 % of the step
     return calibration.cached(ctx.cache, ctx.analysis.graph, ctx.data, ctx.labels,
-                              ctx.spec.calibration.samples, ctx.spec.seed)
+                              ctx.spec.calibration.samples, ctx.spec.seed, lambda f: ctx.report(0.1 * f))
+
+
+def _tick(ctx: ScoreContext, i: int, n: int, start: float = 0.1, end: float = 1.0) -> None:
+    """Progress after batch ``i`` of ``n`` of a pass spanning [start, end] of the step (a cancel
+    lands here: one batch is the longest the twin runs without a report)."""
+    ctx.report(start + (end - start) * (i + 1) / max(1, n))
 
 
 def _loss(outs: tuple[Tensor, ...], labels: np.ndarray | None, gen: torch.Generator) -> Tensor:
@@ -78,11 +85,14 @@ def _generator(ctx: ScoreContext) -> torch.Generator:
     return torch.Generator().manual_seed(int(ctx.spec.seed))
 
 
-def _mean_grads(ctx: ScoreContext, twin, params: dict[str, torch.nn.Parameter]) -> dict[str, Tensor]:
+def _mean_grads(ctx: ScoreContext, twin, params: dict[str, torch.nn.Parameter],
+                end: float = 1.0) -> dict[str, Tensor]:
     gen = _generator(ctx)
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     n = 0
-    for batch in _batches(ctx):
+    batches = _batches(ctx)
+    for i, batch in enumerate(batches):
+        _tick(ctx, i - 1, len(batches), end=end)
         grads = torch.autograd.grad(_forward_loss(twin, batch, gen), list(params.values()), allow_unused=True)
         for name, gr in zip(params, grads, strict=True):
             if gr is not None:
@@ -107,7 +117,9 @@ def _prepare_taylor(ctx: ScoreContext) -> None:
     places = [(g.id, k, p) for g in ctx.analysis.groups if g.prunable
               for k, p in enumerate(g.places) if p.tensor in params]
     acc: dict[tuple[int, int], np.ndarray] = {}
-    for batch in _batches(ctx):
+    batches = _batches(ctx)
+    for i, batch in enumerate(batches):
+        _tick(ctx, i - 1, len(batches))
         grads = torch.autograd.grad(_forward_loss(twin, batch, gen), list(params.values()), allow_unused=True)
         wg = {n: _np(p * gr) for (n, p), gr in zip(params.items(), grads, strict=True) if gr is not None}
         for gid, k, place in places:
@@ -128,12 +140,14 @@ def _hessian_grad(ctx: ScoreContext) -> dict[str, np.ndarray]:
     """w * Hg per weight: g the mean gradient, Hg by a second backward through (g . grad)."""
     twin = _twin(ctx)
     params = _wanted(ctx, twin)
-    ref = _mean_grads(ctx, twin, params)
+    ref = _mean_grads(ctx, twin, params, end=0.4)
     gen = _generator(ctx)
     hg = {n: torch.zeros_like(p) for n, p in params.items()}
     n = 0
     plist = list(params.values())
-    for batch in _batches(ctx):
+    batches = _batches(ctx)
+    for i, batch in enumerate(batches):
+        _tick(ctx, i - 1, len(batches), start=0.4)
         grads = torch.autograd.grad(_forward_loss(twin, batch, gen), plist, create_graph=True, allow_unused=True)
         z = sum(((gr * ref[name]).sum() for name, gr in zip(params, grads, strict=True) if gr is not None),
                 start=torch.zeros(()))

@@ -42,6 +42,7 @@ H_BUDGET = 512 << 20       # bytes of H held at once; more consumers -> more pas
 DAMP = 0.01                # damping: 1 % of the mean diagonal of H
 CHANNEL_CHUNK = 256        # channels solved at once when scoring
 POOL = 32                  # samples whose activations are processed together
+ROW_BLOCK = 1 << 16        # unfolded rows (about) at once: bounded memory, a progress report between
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Consumer:
     unfold: Callable[[np.ndarray], np.ndarray]  # activation -> X [n, K]
     blocks: list[Block]
     bias: str | None = None
+    splittable: bool = True                    # the channel axis is not dim 0: samples may be cut
 
 
 @dataclass
@@ -319,7 +321,7 @@ def _consumer(an: Analysis, node: NodeProto, idx: int, tensor: str, max_cols: in
         return None
     unfold = _dense_unfold(axis)
     blocks = _blocks(tensor, key, None, np.arange(len(own)), np.arange(len(own)), own, max_cols)
-    return Consumer(node.name, tensor, init, get, put, unfold, blocks, bias)
+    return Consumer(node.name, tensor, init, get, put, unfold, blocks, bias, axis % len(x_shape) != 0)
 
 
 def _blocks(tensor: str, sig: tuple, rows: np.ndarray | None, xcols: np.ndarray, wcols: np.ndarray,
@@ -358,16 +360,16 @@ def _chunks(p: Plan, budget: int) -> list[list[Consumer]]:
     return chunks
 
 
-def _source(ctx: ScoreContext) -> list[calibration.Batch]:
+def _source(ctx: ScoreContext, progress: Callable[[float], None] | None = None) -> list[calibration.Batch]:
     # materialized once: every pass (score chunks, compensation) must see the same samples
     return calibration.cached(ctx.cache, ctx.analysis.graph, ctx.data, ctx.labels,
-                              ctx.spec.calibration.samples, ctx.spec.seed)
+                              ctx.spec.calibration.samples, ctx.spec.seed, progress)
 
 
-def collect(ctx: ScoreContext, consumers: list[Consumer], products: list[Product] = ()) -> tuple[
-        dict[tuple, np.ndarray], np.ndarray]:
+def collect(ctx: ScoreContext, consumers: list[Consumer], products: list[Product] = (),
+            progress: Callable[[float], None] | None = None) -> tuple[dict[tuple, np.ndarray], np.ndarray]:
     """One pass over the calibration data: H per block key (mean over rows), and the product
-    consumers' per-channel errors."""
+    consumers' per-channel errors. ``progress(fraction)`` per batch, consumer and row block."""
     an = ctx.analysis
     tensors = sorted({c.tensor for c in consumers} | {t for p in products for t in (p.a, p.b)})
     acc: dict[tuple, np.ndarray] = {}
@@ -377,25 +379,41 @@ def collect(ctx: ScoreContext, consumers: list[Consumer], products: list[Product
     if not tensors:
         return acc, perr
 
-    def consume(vals: dict[str, np.ndarray]) -> None:
+    n_batches = max(1, len(_source(ctx)))
+    captured = 0  # batches captured so far; a pool covers the last ones
+
+    def tick(start: int, width: int, part: float) -> None:
+        if progress is not None:
+            progress(min(1.0, (start + width * part) / n_batches))
+
+    def consume(vals: dict[str, np.ndarray], start: int, width: int) -> None:
         nonlocal prows
         done: set[tuple] = set()
-        for c in consumers:
-            x = None
-            for b in c.blocks:
-                key = _hkey(c, b)
-                if key in done:
-                    continue
-                done.add(key)
-                if x is None:
-                    x = c.unfold(vals[c.tensor].astype(np.float32, copy=False))
-                xb = x[:, b.xcols]
-                if c.bias is not None:
-                    xb = np.concatenate([xb, np.ones((len(xb), 1), xb.dtype)], axis=1)
-                # float32 products summed in float64: H is damped by 1 %, far above the rounding
-                acc[key] = acc.get(key, 0.0) + (xb.T @ xb).astype(np.float64)
-                rows[key] = rows.get(key, 0) + len(xb)
-        for p in products:
+        parts = max(1, len(consumers) + len(products))
+        for i, c in enumerate(consumers):
+            todo = [b for b in c.blocks if _hkey(c, b) not in done]
+            done.update(_hkey(c, b) for b in todo)
+            if not todo:
+                continue
+            # Samples in slices of about ROW_BLOCK unfolded rows: a big conv layer's patches of a
+            # whole pool take GBs and tens of seconds; a slice is bounded and reports in between.
+            v = vals[c.tensor]
+            step = len(v)
+            if c.splittable and len(v) > 1:
+                step = max(1, ROW_BLOCK // max(1, len(c.unfold(v[:1].astype(np.float32, copy=False)))))
+            for s0 in range(0, len(v), step):
+                tick(start, width, (i + s0 / len(v)) / parts)
+                x = c.unfold(v[s0:s0 + step].astype(np.float32, copy=False))
+                for b in todo:
+                    key = _hkey(c, b)
+                    xb = x[:, b.xcols]
+                    if c.bias is not None:
+                        xb = np.concatenate([xb, np.ones((len(xb), 1), xb.dtype)], axis=1)
+                    # float32 products summed in float64: H is damped by 1 %, far above the rounding
+                    acc[key] = acc.get(key, 0.0) + (xb.T @ xb).astype(np.float64)
+                    rows[key] = rows.get(key, 0) + len(xb)
+        for j, p in enumerate(products):
+            tick(start, width, (len(consumers) + j) / parts)
             a, b = vals[p.a].astype(np.float64), vals[p.b].astype(np.float64)
             own_b = _owner_along(an, p.b, -2)
             for cid in np.unique(p.owner[p.owner >= 0]):
@@ -409,11 +427,13 @@ def collect(ctx: ScoreContext, consumers: list[Consumer], products: list[Product
     pool: list[dict[str, np.ndarray]] = []
     for batch, vals in calibration.capture(an.graph, tensors, _source(ctx)):
         pool.append(vals)
+        captured += 1
+        tick(captured - len(pool), len(pool), 0.0)
         if len(pool) * calibration.batch_size(batch) >= POOL:
-            consume({t: np.concatenate([v[t] for v in pool]) for t in tensors})
+            consume({t: np.concatenate([v[t] for v in pool]) for t in tensors}, captured - len(pool), len(pool))
             pool = []
     if pool:
-        consume({t: np.concatenate([v[t] for v in pool]) for t in tensors})
+        consume({t: np.concatenate([v[t] for v in pool]) for t in tensors}, captured - len(pool), len(pool))
     if prows:
         perr /= prows
     return {k: v / rows[k] for k, v in acc.items()}, perr
@@ -463,17 +483,25 @@ def _weight_matrix(ctx: ScoreContext, c: Consumer, b: Block) -> np.ndarray:
 
 
 def prepare(ctx: ScoreContext) -> None:
+    # Progress: data-free synthesis (when it runs) 0-10 %, then per chunk its pass over the data
+    # and its H inversions; reported at least per batch and per H, so a cancel lands in seconds.
     an = ctx.analysis
+    _source(ctx, lambda f: ctx.report(0.1 * f))
     p = plan(an)
     err = np.zeros(an.n_channels)
     largest = 0
     hinvs: dict[tuple, np.ndarray] = {}
     cached = 0
     chunks = _chunks(p, H_BUDGET)
+    span = 0.9 / len(chunks)
+    ctx.report(0.1, f"{len(p.consumers)} consumers, {len(chunks)} pass(es) over the data")
     for i, chunk in enumerate(chunks):
-        hs, perr = collect(ctx, chunk, p.products if i == 0 else [])
+        base = 0.1 + i * span
+        hs, perr = collect(ctx, chunk, p.products if i == 0 else [],
+                           progress=lambda f, base=base: ctx.report(base + 0.5 * span * f))
         err += perr
-        for key, h in hs.items():
+        for j, (key, h) in enumerate(hs.items()):
+            ctx.report(base + span * (0.5 + 0.5 * j / len(hs)))
             largest = max(largest, len(h))
             hinv = _damped_inverse(h)
             if cached + hinv.nbytes <= H_BUDGET:  # keep for compensation; else recollected there
@@ -512,14 +540,19 @@ def compensate(ctx: ScoreContext, removed: np.ndarray, pruned: ModelProto) -> Mo
     ready = [c for c in todo if all(_hkey(c, b) in hinvs for b in c.blocks)]
     missing = [c for c in todo if not all(_hkey(c, b) in hinvs for b in c.blocks)]
     new: dict[str, np.ndarray] = {}
+    done, total = 0, max(1, len(todo))
     for c in ready:
+        ctx.report(done / total)
         new.update(_refit(ctx, c, hinvs, removed))
+        done += 1
     # H that did not fit the cache: one more pass per chunk, dropped after its chunk is refit
     for chunk in _chunks(Plan(consumers=missing), H_BUDGET) if missing else []:
-        hs, _ = collect(ctx, chunk)
+        hs, _ = collect(ctx, chunk, progress=lambda f, d=done: ctx.report(d / total))
         local = {k: _damped_inverse(h) for k, h in hs.items()}
         for c in chunk:
+            ctx.report(done / total)
             new.update(_refit(ctx, c, local, removed))
+            done += 1
     return _write(an, removed, pruned, new)
 
 

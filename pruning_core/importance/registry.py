@@ -31,6 +31,12 @@ class ScoreContext:
     def weight(self, place) -> np.ndarray:
         return self.analysis.graph.inits[place.tensor]
 
+    def report(self, fraction: float, message: str | None = None) -> None:
+        """Progress of the current step. Long loops call it at least every few seconds: it is
+        also where a cancel request (a callback raising ``Cancelled``) stops an in-process run."""
+        if self.progress is not None:
+            self.progress(fraction, message)
+
 
 @dataclass(frozen=True)
 class Criterion:
