@@ -1,6 +1,6 @@
 """Read the array names, shapes and dtypes of an .npz from its headers, without loading data and
 without pickle. The header reader (declared sizes bounded before anything is allocated) is the
-library's, shared with ``pruning_core.data.load_npz``; the API adds its own name rule."""
+library's, shared with ``pruning_core.runtime.data.load_npz``; the API adds its own name rule."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pruning_core.npzcheck import BadNpz
-from pruning_core.npzcheck import read_npz_header as _read_arrays
+from pruning_core.frontends.npzcheck import BadNpz
+from pruning_core.frontends.npzcheck import read_npz_header as _read_arrays
 
 NAME_OK = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
 

@@ -28,8 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pruning_core import api, calibration
+from pruning_core import api
 from pruning_core.criteria_names import CRITERIA
+from pruning_core.runtime import calibration
 
 BATCH = 32
 SEED = 0
@@ -290,7 +291,7 @@ def render(res: dict) -> str:
         "global scope, default spec, **no fine-tuning**. Criteria run data-free unless the row says",
         "`+data` (128 training images with labels as calibration data). Data-free inputs of the two",
         "BatchNorm nets (plain_cnn, resnet) are 32 inputs optimized to match the BatchNorm running",
-        "statistics (`pruning_core.calibration.bn_matched`); the MLP has no BatchNorm and gets Gaussian",
+        "statistics (`pruning_core.runtime.calibration.bn_matched`); the MLP has no BatchNorm and gets Gaussian",
         "inputs. The row `obspa (gaussian inputs)` is the ablation: data-free OBSPA on plain Gaussian",
         "inputs. Accuracy on the 540 held-out digits (chance: 0.100). One run, seed 0; the nets are",
         "small and the digits few, so differences of a few points between criteria are noise.",

@@ -25,7 +25,7 @@ import torch
 
 from bench.accuracy import MLP, SEED, PlainCNN, ResNet, accuracy, digits, export, train
 from pruning_core import api, recover
-from pruning_core import graph as graph_mod
+from pruning_core.ir import graph as graph_mod
 from pruning_core.spec import PruneSpec
 
 BATCH = 32

@@ -19,18 +19,19 @@ import numpy as np
 import onnx
 from onnx import ModelProto, helper
 
-from pruning_core import data as data_mod
-from pruning_core import graph as graph_mod
-from pruning_core import metrics, surgery
+from pruning_core import surgery
+from pruning_core.analysis.groups import Analysis
+from pruning_core.analysis.groups import analyze as analyze_graph
 from pruning_core.errors import PruneError
 from pruning_core.frontends import open_model
-from pruning_core.groups import Analysis
-from pruning_core.groups import analyze as analyze_graph
 from pruning_core.importance import CRITERIA, ScoreContext, score
+from pruning_core.ir import graph as graph_mod
+from pruning_core.ir.weights import LightModel, small_pages
+from pruning_core.runtime import data as data_mod
+from pruning_core.runtime import metrics
 from pruning_core.selection import candidates, select
 from pruning_core.spec import PruneSpec
 from pruning_core.verify import verify
-from pruning_core.weights import LightModel, small_pages
 
 Progress = Callable[[str, float, str | None], None]
 

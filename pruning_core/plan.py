@@ -37,7 +37,7 @@ import numpy as np
 from pruning_core.errors import PruneError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pruning_core.groups import Analysis
+    from pruning_core.analysis.groups import Analysis
 
 PLAN_FORMAT = "spa.pruning-plan"
 PLAN_VERSION = 1

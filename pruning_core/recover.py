@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from onnx import ModelProto
 
-from pruning_core import calibration
-from pruning_core import data as data_mod
 from pruning_core.errors import DataError
-from pruning_core.graph import Graph
+from pruning_core.ir.graph import Graph
+from pruning_core.runtime import calibration
+from pruning_core.runtime import data as data_mod
 
 Tensor = torch.Tensor
 ProgressFn = Callable[[float, str | None], None]
@@ -250,8 +250,8 @@ def supervised_loss(out: Tensor, labels: np.ndarray) -> Tensor:
 def recover(original_model: ModelProto, pruned_model: ModelProto, spec, data: dict[str, np.ndarray] | None,
             labels: np.ndarray | None, progress: ProgressFn | None = None) -> ModelProto:
     """The pruned model with its weights fine-tuned to match the original (see module doc)."""
-    from pruning_core import graph as graph_mod
-    from pruning_core.executor import OnnxTwin
+    from pruning_core.ir import graph as graph_mod
+    from pruning_core.twin.executor import OnnxTwin
 
     opts = spec.recover
     device = device_for(spec)
@@ -282,9 +282,11 @@ def recover(original_model: ModelProto, pruned_model: ModelProto, spec, data: di
         passes = source.passes(source.draw(opts.batch_size, rng), device)
         opt.zero_grad(set_to_none=True)
         total = 0.0
-        for p in passes:
+        for k, p in enumerate(passes):
             with torch.no_grad():
                 t_out = source.call(run_teacher, p)
+            if progress is not None:  # a step of a big model is long: report inside it too
+                progress((step + (k + 0.5) / len(passes)) / opts.steps, None)
             s_out = source.call(run_student, p)
             loss = distill_loss(s_out, t_out)
             if p.labels is not None:

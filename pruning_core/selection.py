@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from pruning_core.analysis.groups import Analysis, Group
 from pruning_core.errors import UnreachableTargetError
-from pruning_core.groups import Analysis, Group
 
 
 def candidates(an: Analysis, ignore: list[str]) -> list[Group]:

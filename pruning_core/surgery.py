@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, ModelProto, NodeProto, numpy_helper
 
-from pruning_core import weights
-from pruning_core.graph import attr, skeleton
-from pruning_core.groups import Analysis
-from pruning_core.ops import RULES
-from pruning_core.weights import LightModel
+from pruning_core.analysis.groups import Analysis
+from pruning_core.analysis.rules import RULES
+from pruning_core.ir import weights
+from pruning_core.ir.graph import attr, skeleton
+from pruning_core.ir.weights import LightModel
 
 
 class SurgeryError(RuntimeError):

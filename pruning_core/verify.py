@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
-from pruning_core import metrics
-from pruning_core.groups import Analysis
-from pruning_core.weights import LightModel
+from pruning_core.analysis.groups import Analysis
+from pruning_core.ir.weights import LightModel
+from pruning_core.runtime import metrics
 
 TOL = 1e-4
 

@@ -69,7 +69,7 @@ class Policy:
         return cls(memory=settings.job_memory_bytes, cpu_s=settings.job_cpu_seconds,
                    file_bytes=settings.job_file_bytes, user=settings.sandbox_user or None,
                    grace_s=settings.cancel_grace_s,
-                   # the library reads its unpack bounds from these (pruning_core.limits)
+                   # the library reads its unpack bounds from these (pruning_core.ir.limits)
                    library_env={"SPA_MAX_UNPACKED_BYTES": str(settings.max_unpacked_bytes),
                                 "SPA_MAX_ZIP_RATIO": str(settings.max_zip_ratio)})
 

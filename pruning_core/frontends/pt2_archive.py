@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from pruning_core import limits
 from pruning_core.errors import ModelLoadError
 from pruning_core.frontends.zipsafe import UnsafeZip, check_zip
+from pruning_core.ir import limits
 
 __all__ = ["load_exported_program"]
 

@@ -45,10 +45,10 @@ import torch
 from torch import nn
 
 from pruning_core.errors import ModelLoadError, PruneError
-from pruning_core.executor import OnnxTwin
 from pruning_core.frontends import Source
 from pruning_core.frontends.pt2_archive import is_pt2, load_exported_program
 from pruning_core.plan import InitMapping, OriginalTensor, Plan, build_plan
+from pruning_core.twin.executor import OnnxTwin
 
 __all__ = ["PT2ExportError", "PrunedProgram", "load_program", "map_initializers", "open_pt2", "to_onnx"]
 
@@ -513,7 +513,7 @@ class ArtifactWriter:
     def __call__(
         self, an: Any, removed: np.ndarray, pruned: onnx.ModelProto, out_dir: Path, spec: Any
     ) -> dict[str, Path]:
-        from pruning_core import data as data_mod
+        from pruning_core.runtime import data as data_mod
 
         out_dir = Path(out_dir)
         mapping, notes = map_initializers(an.graph.inits, self.originals)

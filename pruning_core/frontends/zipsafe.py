@@ -13,7 +13,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from pruning_core import limits
+from pruning_core.ir import limits
 
 MAX_MEMBERS = 10_000
 CHUNK = 1024 * 1024
@@ -91,7 +91,7 @@ def safe_extract(
 ) -> list[Path]:
     """Extract the file members of ``archive`` under ``dest`` after ``check_zip``; returns their paths.
 
-    Limits default to ``pruning_core.limits`` (SPA_MAX_UNPACKED_BYTES, SPA_MAX_ZIP_RATIO). Whatever
+    Limits default to ``pruning_core.ir.limits`` (SPA_MAX_UNPACKED_BYTES, SPA_MAX_ZIP_RATIO). Whatever
     the directory declares, no member is written past its declared size and the archive past its
     declared total; a refused member's partial file is removed.
     """

@@ -12,7 +12,7 @@ start at 0.9 and only ``alpha`` is trained (Adam), on
 ``task`` is cross-entropy with labels, else distillation to the ungated model's outputs (KL on
 logits, normalized MSE otherwise; ``recover.distill_loss``); without data the inputs are data-free
 (``recover.Source``). ``F`` is the MAC count as a differentiable function of the gates, from the
-same MAC model as the real counter (``pruning_core.flops.SoftCost``; params / channels for those
+same MAC model as the real counter (``pruning_core.twin.flops.SoftCost``; params / channels for those
 targets), ``F_max`` the unpruned count and ``T`` the target. The gates of the lowest-loss batch of
 the last 40 % of steps are kept. The scores are those gate values (``normalizer="none"``): global
 selection then ranks every channel by its gate -- one global threshold -- and bisects that ranking
@@ -41,11 +41,11 @@ import numpy as np
 import torch
 from onnx import ModelProto, helper, numpy_helper
 
-from pruning_core.flops import SoftCost
-from pruning_core.groups import Analysis, Group
+from pruning_core.analysis.groups import Analysis, Group
 from pruning_core.importance.registry import ScoreContext, register
 from pruning_core.recover import Source, device_for, distill_loss, supervised_loss
 from pruning_core.selection import candidates
+from pruning_core.twin.flops import SoftCost
 
 Tensor = torch.Tensor
 
@@ -96,7 +96,7 @@ class GatedTwin:
     ``None`` turns gating off (the original model, for the distillation targets)."""
 
     def __init__(self, an: Analysis, trainable: np.ndarray, device: torch.device | None = None) -> None:
-        from pruning_core.executor import OnnxTwin
+        from pruning_core.twin.executor import OnnxTwin
 
         self.an = an
         self.device = device or torch.device("cpu")
@@ -199,11 +199,13 @@ def train_gates(ctx: ScoreContext) -> dict:
         reg.backward(retain_graph=True)
         task_total = 0.0
         passes = source.passes(chunks, device)
-        for p in passes:
+        for k, p in enumerate(passes):
             if not labels_known:
                 net.set_keep(None)
                 with torch.no_grad():
                     teacher = source.call(net, p)
+            # a step of a big model runs for a minute on a few cores: report inside it too
+            ctx.report((step + (k + 0.5) / len(passes)) / steps)
             net.set_keep(lam)
             out = source.call(net, p)
             task = supervised_loss(out[0], p.labels) if p.labels is not None else distill_loss(out, teacher)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pruning_core.groups import Group, Place
+from pruning_core.analysis.groups import Group, Place
 from pruning_core.importance.magnitude import _place_norms
 from pruning_core.importance.registry import ScoreContext, register
 

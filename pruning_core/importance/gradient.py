@@ -19,18 +19,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pruning_core import calibration
-from pruning_core.data import synthetic_inputs
-from pruning_core.groups import Group
+from pruning_core.analysis.groups import Group
 from pruning_core.importance.datafree import channel_rows
 from pruning_core.importance.magnitude import _place_norms
 from pruning_core.importance.registry import ScoreContext, register
+from pruning_core.runtime import calibration
+from pruning_core.runtime.data import synthetic_inputs
 
 Tensor = torch.Tensor
 
 
 def _twin(ctx: ScoreContext):
-    from pruning_core.executor import OnnxTwin
+    from pruning_core.twin.executor import OnnxTwin
 
     twin = OnnxTwin(ctx.analysis.graph.full_model())
     twin.eval()

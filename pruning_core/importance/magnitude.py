@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pruning_core.groups import Group
+from pruning_core.analysis.groups import Group
 from pruning_core.importance.registry import ScoreContext, register
 
 

@@ -31,11 +31,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import ModelProto, NodeProto, numpy_helper
 
-from pruning_core import calibration
-from pruning_core.graph import attr
-from pruning_core.groups import Analysis, Group
+from pruning_core.analysis.groups import Analysis, Group
 from pruning_core.importance.magnitude import _place_norms
 from pruning_core.importance.registry import ScoreContext, register
+from pruning_core.ir.graph import attr
+from pruning_core.runtime import calibration
 
 MAX_COLS = 4096            # widest H built (4096^2 float64 = 128 MiB)
 H_BUDGET = 512 << 20       # bytes of H held at once; more consumers -> more passes over the data

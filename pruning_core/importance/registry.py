@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from pruning_core.analysis.groups import Analysis, Group
 from pruning_core.errors import SpecError
-from pruning_core.groups import Analysis, Group
 
 PlaceScores = Callable[["ScoreContext", Group], np.ndarray]
 # (ctx, removed[cid], pruned model) -> compensated model: closed-form refit of consumer weights

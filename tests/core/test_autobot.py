@@ -1,4 +1,4 @@
-"""AutoBot gates (pruning_core/importance/autobot.py) and the soft MAC model (pruning_core/flops.py)."""
+"""AutoBot gates (pruning_core/importance/autobot.py) and the soft MAC model (pruning_core/twin/flops.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import torch
 from pydantic import ValidationError
 
 from pruning_core import api
-from pruning_core import graph as graph_mod
-from pruning_core.flops import SoftCost
-from pruning_core.groups import analyze
+from pruning_core.analysis.groups import analyze
 from pruning_core.importance import CRITERIA, ScoreContext, score
 from pruning_core.importance.autobot import GatedTwin, train_gates
+from pruning_core.ir import graph as graph_mod
 from pruning_core.selection import select
 from pruning_core.spec import PruneSpec
 from pruning_core.surgery import apply
+from pruning_core.twin.flops import SoftCost
 from tests.core.test_recover import accuracy, digits_model
 
 FAST = {"steps": 8, "batch_size": 8}

@@ -14,9 +14,12 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from pruning_core import api, calibration, graph, groups, surgery
+from pruning_core import api, surgery
+from pruning_core.analysis import groups
 from pruning_core.criteria_names import CRITERIA as NAMES
 from pruning_core.importance import CRITERIA, ScoreContext, score
+from pruning_core.ir import graph
+from pruning_core.runtime import calibration
 from pruning_core.selection import select
 from pruning_core.spec import PruneSpec
 

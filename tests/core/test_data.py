@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pruning_core import api, calibration, data, graph
+from pruning_core import api
 from pruning_core.errors import DataError
+from pruning_core.ir import graph
+from pruning_core.runtime import calibration, data
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The torch twin (pruning_core.executor.OnnxTwin) against onnxruntime.
+"""The torch twin (pruning_core.twin.executor.OnnxTwin) against onnxruntime.
 
 Models come from three places: small torch nets and tiny transformers configs exported here with
 both torch exporters, hand-built single-node ONNX graphs for attribute corners that exporters rarely
@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from pruning_core.errors import DataError, UnsupportedOpError
-from pruning_core.executor import OnnxTwin, supported_ops, unsupported_nodes
+from pruning_core.twin.executor import OnnxTwin, supported_ops, unsupported_nodes
 
 TOL = 1e-4
 EXPORTERS = ("dynamo", "torchscript")

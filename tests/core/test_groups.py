@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pruning_core import graph, groups
+from pruning_core.analysis import groups
+from pruning_core.ir import graph
 
 
 def _group_with(an: groups.Analysis, tensor: str, axis: int = 0) -> groups.Group:

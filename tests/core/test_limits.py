@@ -17,11 +17,13 @@ import pytest
 from onnx import TensorProto, helper
 from pydantic import ValidationError
 
-from pruning_core import data, frontends, weights
+from pruning_core import frontends
 from pruning_core.errors import DataError, ModelLoadError
 from pruning_core.frontends import zipsafe
+from pruning_core.frontends.npzcheck import BadNpz, read_npz_header
 from pruning_core.frontends.zipsafe import UnsafeZip, check_zip, safe_extract
-from pruning_core.npzcheck import BadNpz, read_npz_header
+from pruning_core.ir import weights
+from pruning_core.runtime import data
 from pruning_core.spec import PruneSpec
 from tests.bombs import MiB, declared_4gib_zip, lie_about_sizes, lying_npz, zeros_bomb, zip_bytes
 
@@ -30,7 +32,7 @@ from tests.bombs import MiB, declared_4gib_zip, lie_about_sizes, lying_npz, zero
 
 def test_zipsafe_imports_nothing_heavy() -> None:
     code = (
-        "import sys, pruning_core.frontends.zipsafe, pruning_core.limits, pruning_core.frontends; "
+        "import sys, pruning_core.frontends.zipsafe, pruning_core.ir.limits, pruning_core.frontends; "
         "heavy = {'torch', 'onnx', 'numpy'} & set(sys.modules); assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -145,7 +147,7 @@ def test_symlinks_too_many_members_and_escape_through_the_target(
 
 
 def test_npz_declaring_a_huge_array_is_refused_before_allocating(tmp_path: Path, attn_onnx: Path) -> None:
-    from pruning_core import graph
+    from pruning_core.ir import graph
 
     p = lying_npz(tmp_path / "d.npz", (10**12,))
     assert p.stat().st_size < 1024

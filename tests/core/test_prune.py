@@ -10,9 +10,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from pruning_core import api, graph, groups, surgery, verify
-from pruning_core.data import synthetic_inputs
+from pruning_core import api, surgery, verify
+from pruning_core.analysis import groups
 from pruning_core.errors import ModelLoadError, SpecError, UnreachableTargetError
+from pruning_core.ir import graph
+from pruning_core.runtime.data import synthetic_inputs
 
 
 @pytest.mark.parametrize("kind,value", [("flops", 0.3), ("flops", 0.5), ("params", 0.4), ("channels", 0.3)])

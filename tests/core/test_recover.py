@@ -111,10 +111,10 @@ def test_recovery_raises_heldout_accuracy_of_l1_pruned_model(tmp_path: Path) -> 
 
 
 def test_recovery_data_free_keeps_graph_and_finite_weights(tmp_path: Path) -> None:
-    from pruning_core import graph as graph_mod
     from pruning_core import recover
-    from pruning_core.groups import analyze
+    from pruning_core.analysis.groups import analyze
     from pruning_core.importance import ScoreContext, score
+    from pruning_core.ir import graph as graph_mod
     from pruning_core.selection import select
     from pruning_core.surgery import apply
 
@@ -149,9 +149,9 @@ def test_bad_recover_values_rejected(bad: dict, field: str) -> None:
 def test_fixed_batch_graph_trains_on_stacked_batches(attn_onnx: Path) -> None:
     # exported at batch 1, reshape targets folded to [1, 6, 4, 8]: a bigger batch cannot run in
     # one pass, so batches are cut into model batches and run vectorized (vmap), same outputs
-    from pruning_core import graph as graph_mod
-    from pruning_core.executor import OnnxTwin
+    from pruning_core.ir import graph as graph_mod
     from pruning_core.recover import Source, to_torch
+    from pruning_core.twin.executor import OnnxTwin
 
     g = graph_mod.load(attn_onnx)
     twin = OnnxTwin(g.full_model())

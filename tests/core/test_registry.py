@@ -1,8 +1,8 @@
 from __future__ import annotations
 
+from pruning_core.analysis.rules import RULES
 from pruning_core.criteria_names import CRITERIA as NAMES
 from pruning_core.importance import CRITERIA
-from pruning_core.ops import RULES
 
 
 def test_criteria_names_match_registry() -> None:

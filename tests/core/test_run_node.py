@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from pruning_core import graph
+from pruning_core.ir import graph
 
 X = np.arange(2 * 3 * 4 * 5, dtype=np.int64).reshape(2, 3, 4, 5)
 I64 = np.int64

@@ -11,9 +11,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pruning_core import graph as graph_mod
-from pruning_core import metrics, weights
 from pruning_core.errors import ModelLoadError
+from pruning_core.ir import graph as graph_mod
+from pruning_core.ir import weights
+from pruning_core.runtime import metrics
 
 
 def _model() -> onnx.ModelProto:

@@ -92,9 +92,9 @@ COARSE = ["channel_shuffle", "grouped_conv", "mobilenet_v1", "norms_acts", "pixe
 
 @pytest.mark.parametrize("name", COARSE)
 def test_flops_and_params_targets_within_two_percent(zoo_onnx: Callable[[str, str], Path], name: str) -> None:
-    from pruning_core import graph
-    from pruning_core.groups import analyze
+    from pruning_core.analysis.groups import analyze
     from pruning_core.importance import ScoreContext, score
+    from pruning_core.ir import graph
     from pruning_core.selection import _measure, candidates, select
     from pruning_core.spec import PruneSpec
 

@@ -115,7 +115,7 @@ def test_child_is_confined(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not any(k.startswith(("SPA_DATABASE", "AWS_")) for k in env), env
     assert env["OMP_NUM_THREADS"] == "2" and env["HOME"] == str(workdir / "run")
     assert env["TMPDIR"] == str(workdir / "run" / "tmp")
-    # the library's unpack bounds follow the worker's settings (pruning_core.limits reads them)
+    # the library's unpack bounds follow the worker's settings (pruning_core.ir.limits reads them)
     lib_env = sandbox.child_env(workdir, sandbox.Policy.of(Settings(max_unpacked_bytes=12345)))
     assert lib_env["SPA_MAX_UNPACKED_BYTES"] == "12345" and "SPA_DATABASE_URL" not in lib_env
     lim = info["limits"]

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
-from pruning_core import data as data_mod
-from pruning_core import metrics
 from pruning_core.errors import DataError
-from pruning_core.graph import Graph
-from pruning_core.weights import LightModel
+from pruning_core.ir.graph import Graph
+from pruning_core.ir.weights import LightModel
+from pruning_core.runtime import data as data_mod
+from pruning_core.runtime import metrics
 
 SYNTHESIZE = True    # False: plain Gaussian data-free inputs even for BatchNorm models (ablation)
 SYNTH_SAMPLES = 32   # data-free samples synthesized for models with BatchNorm
@@ -154,7 +154,7 @@ def _synthesize(g: Graph, samples: int, seed: int, steps: int,
     import torch
 
     from pruning_core.errors import UnsupportedOpError
-    from pruning_core.executor import OnnxTwin
+    from pruning_core.twin.executor import OnnxTwin
 
     try:
         twin = OnnxTwin(g.full_model())

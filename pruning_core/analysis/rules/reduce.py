@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from pruning_core.labels import LabelCtx
-from pruning_core.ops.registry import rule
+from pruning_core.analysis.labels import LabelCtx
+from pruning_core.analysis.rules.registry import rule
 
 # Averaging-like reductions over channels change statistics (RMSNorm, GRN): approximate, like
 # LayerNorm. Selecting reductions (max / min / argmax) and softmax cannot lose channels at all.

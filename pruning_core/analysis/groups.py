@@ -1,6 +1,6 @@
 """Dependency analysis: coupled channel groups of a graph.
 
-``analyze(graph)`` runs every node's rule (``pruning_core.ops``) over the channel labels, then
+``analyze(graph)`` runs every node's rule (``pruning_core.analysis.rules``) over the channel labels, then
 resolves them into groups. A *channel* is a union-find class that contains at least one producer
 place (output rows of a Conv / Gemm / MatMul weight, an embedding's columns). A *group* is the set
 of channels that touch the same parameter places; each place says which indices along which
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import NodeProto
 
-from pruning_core.graph import Graph
-from pruning_core.labels import LabelCtx, NotConst, compact
-from pruning_core.ops import RULES
+from pruning_core.analysis.labels import LabelCtx, NotConst, compact
+from pruning_core.analysis.rules import RULES
+from pruning_core.ir.graph import Graph
 
 
 @dataclass
@@ -117,14 +117,14 @@ class Analysis:
     # ------------------------------------------------------------------ costs
 
     def params(self, removed: np.ndarray | None = None) -> int:
-        from pruning_core.metrics import is_weight
+        from pruning_core.runtime.metrics import is_weight
 
         removed = self._removed(removed)
         return int(sum(np.prod(self.shape_after(n, removed)) for n, a in self.graph.inits.items()
                        if is_weight(self.graph, n, a)))
 
     def macs(self, removed: np.ndarray | None = None) -> int:
-        from pruning_core.metrics import node_macs
+        from pruning_core.runtime.metrics import node_macs
 
         removed = self._removed(removed)
         return int(sum(node_macs(n, lambda t: self.shape_after(t, removed)) for n in self.graph.nodes))

@@ -1,4 +1,4 @@
-"""Torch implementations of ONNX operators, used by the torch twin (``pruning_core.executor``).
+"""Torch implementations of ONNX operators, used by the torch twin (``pruning_core.twin.executor``).
 
 One table, ``OPS``: op type -> ``fn(attrs, inputs) -> Tensor | tuple[Tensor | None, ...]``.
 ``attrs`` is an :class:`Attrs` (the node's attributes, decoded, plus the opset and the number of

@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from pruning_core import weights
 from pruning_core.errors import ModelLoadError, SpecError
+from pruning_core.ir import weights
 
 # Folding: never fold through an original initializer bigger than this (a weight): folding
 # Transpose(W) would rename the parameter. Derived constants may be up to FOLD_MAX_OUT elements.

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from pruning_core.labels import LabelCtx
-from pruning_core.ops.common import pad_rank
-from pruning_core.ops.registry import rule
+from pruning_core.analysis.labels import LabelCtx
+from pruning_core.analysis.rules.common import pad_rank
+from pruning_core.analysis.rules.registry import rule
 
 UNARY = ["Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Tanh", "Clip",
          "Softplus", "Softsign", "Elu", "Selu", "Celu", "Mish", "ThresholdedRelu", "Exp", "Log", "Sqrt",

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from onnx import GraphProto, ModelProto, TensorProto, helper, numpy_helper
 
-from pruning_core import limits
 from pruning_core.errors import ModelLoadError
+from pruning_core.ir import limits
 
 MEMORY = "spa:memory"
 INLINE_MAX = 1024  # elements: tensors up to this size (shape constants) stay in the proto

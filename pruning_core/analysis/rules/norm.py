@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto, helper
 
-from pruning_core.labels import LabelCtx
-from pruning_core.ops.registry import rule
+from pruning_core.analysis.labels import LabelCtx
+from pruning_core.analysis.rules.registry import rule
 
 
 @rule("BatchNormalization")

@@ -22,7 +22,7 @@ criteria and gate training must see the function the ONNX model computes.
 Shapes are computed at run time (Shape/Gather/Concat chains execute like any op), so dynamic axes
 such as the batch size stay dynamic; ``If`` picks its branch from the condition's value at run
 time. Unsupported ops (Loop, Scan, other domains...) are reported when the twin is built.
-The op implementations live in :mod:`pruning_core.twin_ops`.
+The op implementations live in :mod:`pruning_core.twin.ops`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from pruning_core.errors import DataError, ModelLoadError, UnsupportedOpError
-from pruning_core.twin_ops import (
+from pruning_core.twin.ops import (
     CHECKS,
     OPS,
     Attrs,

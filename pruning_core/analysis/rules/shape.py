@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from pruning_core.labels import LabelCtx, NotConst
-from pruning_core.ops.common import as_axis
-from pruning_core.ops.registry import rule
+from pruning_core.analysis.labels import LabelCtx, NotConst
+from pruning_core.analysis.rules.common import as_axis
+from pruning_core.analysis.rules.registry import rule
 
 # ------------------------------------------------------------------------------ rewrites
 

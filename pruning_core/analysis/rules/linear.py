@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from pruning_core.labels import LabelCtx
-from pruning_core.ops.common import as_axis, pad_rank
-from pruning_core.ops.registry import rule
+from pruning_core.analysis.labels import LabelCtx
+from pruning_core.analysis.rules.common import as_axis, pad_rank
+from pruning_core.analysis.rules.registry import rule
 
 
 def _rest(lab: np.ndarray, axis: int) -> np.ndarray:

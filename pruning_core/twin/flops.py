@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from onnx import NodeProto
 
-from pruning_core.graph import attr
-from pruning_core.groups import Analysis, Group
+from pruning_core.analysis.groups import Analysis, Group
+from pruning_core.ir.graph import attr
 
 Tensor = torch.Tensor
 
@@ -94,7 +94,7 @@ class SoftCost:
         elif kind == "flops":
             terms = [_node_macs_sym(n, self._shape) for n in an.graph.nodes]
         elif kind == "params":
-            from pruning_core.metrics import is_weight
+            from pruning_core.runtime.metrics import is_weight
 
             g = an.graph
             terms = [_prod(self._shape(n)) for n, a in g.inits.items() if is_weight(g, n, a)]
@@ -172,4 +172,4 @@ class SoftCost:
             real = self.exact(r)
             if abs(soft - real) > 1e-6 * max(1.0, abs(real)):
                 raise AssertionError(f"soft {self.kind} model ({soft}) disagrees with the real counter ({real}): "
-                                     "pruning_core.flops must mirror metrics.node_macs / Analysis.shape_after")
+                                     "pruning_core.twin.flops must mirror metrics.node_macs / Analysis.shape_after")

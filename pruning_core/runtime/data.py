@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from onnx import helper
 
-from pruning_core import limits
 from pruning_core.errors import DataError
-from pruning_core.graph import Graph
-from pruning_core.npzcheck import BadNpz, read_npz_header
+from pruning_core.frontends.npzcheck import BadNpz, read_npz_header
+from pruning_core.ir import limits
+from pruning_core.ir.graph import Graph
 
 
 def _index_bound(g: Graph, name: str) -> int | None:

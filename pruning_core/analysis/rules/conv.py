@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto, helper
 
-from pruning_core.labels import LabelCtx, none_labels
-from pruning_core.ops.common import as_axis
-from pruning_core.ops.registry import rule
+from pruning_core.analysis.labels import LabelCtx, none_labels
+from pruning_core.analysis.rules.common import as_axis
+from pruning_core.analysis.rules.registry import rule
 
 
 def _rewrite_group(sx, node: NodeProto) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from onnx import NodeProto
 
 if TYPE_CHECKING:
-    from pruning_core.labels import LabelCtx
+    from pruning_core.analysis.labels import LabelCtx
     from pruning_core.surgery import SurgeryCtx
 
 LabelFn = Callable[["LabelCtx", NodeProto], None]

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 from onnx import ModelProto, NodeProto
 
-from pruning_core.graph import Graph, attr
-from pruning_core.weights import LightModel, as_inputs
+from pruning_core.ir.graph import Graph, attr
+from pruning_core.ir.weights import LightModel, as_inputs
 
 ShapeFn = Callable[[str], tuple[int, ...]]
 

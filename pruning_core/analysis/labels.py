@@ -3,7 +3,7 @@
 Every activation tensor carries an int64 *label array* (-1 = no channel) in compact form: a
 dimension of size 1 where labels do not vary along it, broadcastable to the tensor's shape. Every
 parameter axis that touches channels carries a vector of union-find variables (``pvar``).
-Op rules (``pruning_core.ops``) union variables that must be pruned together and compute output
+Op rules (``pruning_core.analysis.rules``) union variables that must be pruned together and compute output
 labels; movement ops (Reshape, Transpose, Concat, Split, Slice, Gather, DepthToSpace, ...) simply
 run on the label arrays, which gives exact index maps without per-op mapping code.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import NodeProto
 
-from pruning_core.graph import Graph, attr, run_node
+from pruning_core.ir.graph import Graph, attr, run_node
 
 
 class UnionFind:

@@ -1,0 +1,1 @@
+"""Model I/O: the ONNX graph, its weights beside the proto, and input bounds."""

@@ -1,6 +1,0 @@
-"""Per-op channel rules, one module per op family, all registered in ``registry.RULES``."""
-
-from pruning_core.ops import conv, elementwise, linear, norm, reduce, shape  # noqa: F401  (registration)
-from pruning_core.ops.registry import RULES, OpRule, rule
-
-__all__ = ["RULES", "OpRule", "rule"]

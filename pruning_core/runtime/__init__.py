@@ -1,0 +1,1 @@
+"""The onnxruntime backend: sessions, figures (params, MACs, latency, fidelity), calibration data."""
