@@ -4,8 +4,7 @@ never knows which criterion ran."""
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +12,7 @@ import numpy as np
 
 from pruning_core.analysis.groups import Analysis, Group
 from pruning_core.errors import SpecError
+from pruning_core.registry import Registry
 
 PlaceScores = Callable[["ScoreContext", Group], np.ndarray]
 # (ctx, removed[cid], pruned model) -> compensated model: closed-form refit of consumer weights
@@ -53,59 +53,7 @@ class Criterion:
     normalizer: str | None = None
 
 
-class Registry(dict[str, Criterion]):
-    """name -> Criterion. Modules that need torch register on the first lookup of one of their
-    names: importing torch costs about a second, which plain magnitude pruning never pays."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._deferred: dict[str, str] = {}
-
-    def defer(self, module: str, names: list[str]) -> None:
-        self._deferred.update(dict.fromkeys(names, module))
-
-    def _load(self, module: str) -> None:
-        self._deferred = {n: m for n, m in self._deferred.items() if m != module}
-        importlib.import_module(module)
-
-    def load_all(self) -> None:
-        for module in set(self._deferred.values()):
-            self._load(module)
-
-    def __missing__(self, name: str) -> Criterion:
-        if name in self._deferred:
-            self._load(self._deferred[name])
-            return dict.__getitem__(self, name)
-        raise KeyError(name)
-
-    def __contains__(self, name: object) -> bool:
-        return dict.__contains__(self, name) or name in self._deferred
-
-    def get(self, name: str, default=None):  # type: ignore[override]
-        return self[name] if name in self else default
-
-    def __iter__(self) -> Iterator[str]:
-        self.load_all()
-        return dict.__iter__(self)
-
-    def __len__(self) -> int:
-        self.load_all()
-        return dict.__len__(self)
-
-    def keys(self):  # type: ignore[override]
-        self.load_all()
-        return dict.keys(self)
-
-    def values(self):  # type: ignore[override]
-        self.load_all()
-        return dict.values(self)
-
-    def items(self):  # type: ignore[override]
-        self.load_all()
-        return dict.items(self)
-
-
-CRITERIA = Registry()
+CRITERIA: Registry[Criterion] = Registry("criterion")
 
 
 def register(name: str, *, needs_data: bool = False, doc: str = "",
@@ -113,8 +61,6 @@ def register(name: str, *, needs_data: bool = False, doc: str = "",
              compensate: Compensate | None = None,
              normalizer: str | None = None) -> Callable[[PlaceScores], PlaceScores]:
     def deco(fn: PlaceScores) -> PlaceScores:
-        if dict.__contains__(CRITERIA, name):
-            raise ValueError(f"criterion {name} registered twice")
         CRITERIA[name] = Criterion(name, fn, needs_data, doc, prepare, compensate, normalizer)
         return fn
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from pruning_core.analysis.rules import RULES
 from pruning_core.criteria_names import CRITERIA as NAMES
 from pruning_core.importance import CRITERIA
@@ -33,7 +35,7 @@ def test_magnitude_pruning_never_imports_torch_and_deferred_names_resolve() -> N
         "from pruning_core.importance import CRITERIA\n"
         "assert 'torch' not in sys.modules, 'pruning_core.api imported torch'\n"
         "assert CRITERIA['l1'].name == 'l1' and 'torch' not in sys.modules\n"
-        "deferred = dict(CRITERIA._deferred)\n"
+        "deferred = dict.fromkeys(CRITERIA.deferred())\n"
         "assert deferred, 'nothing is deferred'\n"
         "for name in deferred:\n"
         "    assert CRITERIA[name].name == name\n"
@@ -41,3 +43,18 @@ def test_magnitude_pruning_never_imports_torch_and_deferred_names_resolve() -> N
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
+
+
+def test_registries_refuse_duplicates() -> None:
+    from pruning_core.registry import Registry
+
+    reg: Registry[int] = Registry("thing")
+    reg["a"] = 1
+    with pytest.raises(ValueError, match="thing 'a' is registered twice"):
+        reg["a"] = 2
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.update({"b": 1, "a": 3})
+    with pytest.raises(ValueError, match="op rule 'Relu'"):
+        RULES["Relu"] = RULES["Relu"]
+    with pytest.raises(ValueError, match="criterion 'l1'"):
+        CRITERIA["l1"] = CRITERIA["l1"]

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from onnx import NodeProto
 
+from pruning_core.registry import Registry
+
 if TYPE_CHECKING:
     from pruning_core.analysis.labels import LabelCtx
     from pruning_core.surgery import SurgeryCtx
@@ -24,15 +26,13 @@ class OpRule:
     rewrite: RewriteFn | None = None
 
 
-RULES: dict[str, OpRule] = {}
+RULES: Registry[OpRule] = Registry("op rule")
 
 
 def rule(*op_types: str, rewrite: RewriteFn | None = None) -> Callable[[LabelFn], LabelFn]:
     def deco(fn: LabelFn) -> LabelFn:
         family = fn.__module__.rsplit(".", 1)[-1]
         for op in op_types:
-            if op in RULES:
-                raise ValueError(f"op {op} has two rules")
             RULES[op] = OpRule(family, fn, rewrite)
         return fn
 
