@@ -13,6 +13,18 @@ from pruning_core.analysis.rules.common import as_axis, pad_rank
 from pruning_core.analysis.rules.registry import rule
 
 
+def _matmul_weight(ctx: LabelCtx, node: NodeProto, *, act: str, w: str, axis: int, consumer: int,
+                   consume: int, produce: int, rest_rank: int) -> None:
+    """A 2-D weight on one side: the activation's ``axis`` meets the weight's ``consume`` axis, the
+    weight's ``produce`` axis becomes the output's ``axis``."""
+    if ctx.varies(act, axis):
+        ctx.union(ctx.along(act, axis, node), ctx.pvar(w, consume))
+    ctx.consumer(node, consumer)
+    rank = ctx.rank(node.output[0])
+    rest = _rest(ctx.lab(act), rest_rank)
+    ctx.set(node.output[0], ctx.combine([pad_rank(rest, rank), as_axis(ctx.producer(w, produce), rank, axis)]))
+
+
 def _rest(lab: np.ndarray, axis: int) -> np.ndarray:
     """Labels that survive contracting ``axis``: those constant along it."""
     if lab.shape[axis] > 1:
@@ -33,20 +45,10 @@ def matmul(ctx: LabelCtx, node: NodeProto) -> None:
     if pa and pb:
         return
     if pb and rb == 2:  # X @ W: W rows consume, W columns produce
-        if ctx.varies(a, -1):
-            ctx.union(ctx.along(a, -1, node), ctx.pvar(b, 0))
-        ctx.consumer(node, 0)
-        rest = _rest(ctx.lab(a), ra - 1)
-        lab = ctx.combine([pad_rank(rest, rank), as_axis(ctx.producer(b, 1), rank, -1)])
-        ctx.set(out, lab)
+        _matmul_weight(ctx, node, act=a, w=b, axis=-1, consumer=0, consume=0, produce=1, rest_rank=ra - 1)
         return
     if pa and ra == 2:  # W @ X: W columns consume X rows, W rows produce output rows
-        if ctx.varies(b, -2):
-            ctx.union(ctx.along(b, -2, node), ctx.pvar(a, 1))
-        ctx.consumer(node, 1)
-        rest = _rest(ctx.lab(b), rb - 2)
-        lab = ctx.combine([pad_rank(rest, rank), as_axis(ctx.producer(a, 0), rank, -2)])
-        ctx.set(out, lab)
+        _matmul_weight(ctx, node, act=b, w=a, axis=-2, consumer=1, consume=1, produce=0, rest_rank=rb - 2)
         return
     if pa or pb:
         labs = [ctx.lab(n) for n in (a, b) if not ctx.is_param(n)]
