@@ -110,20 +110,30 @@ def _can_search(st: os.stat_result, uid: int, gid: int) -> bool:
     return bool(st.st_mode & stat.S_IXOTH)
 
 
-def blocked(paths: Iterable[str], uid: int, gid: int) -> list[list[Any]]:
-    """Folders on the way to ``paths`` that uid/gid cannot traverse, each with the entries below it
-    that lead to a path; shallowest first (``worker.confine.reveal`` input)."""
+def mount_plan(paths: Iterable[str], uid: int, gid: int, private: str) -> tuple[list[list[Any]], bool]:
+    """Folders to cover in the child's mount namespace (``worker.confine.remount``), shallowest
+    first, each as [folder, entries bound back, tmpfs mode]: every folder on the way to ``paths``
+    that uid/gid cannot traverse, and ``private`` (the folder holding every job's work folder,
+    so that a job sees its own folder only). Also whether the child cannot run without them (some
+    path is out of its reach)."""
     found: dict[str, set[str]] = {}
+    required = False
     for p in paths:
         parts = Path(os.path.realpath(p)).parts
         for i in range(2, len(parts)):  # never "/" itself
             folder = os.path.join(*parts[:i])
             try:
-                if not _can_search(os.stat(folder), uid, gid):
-                    found.setdefault(folder, set()).add(parts[i])
+                closed = not _can_search(os.stat(folder), uid, gid)
             except OSError:
                 break
-    return [[f, sorted(found[f])] for f in sorted(found, key=lambda f: (f.count(os.sep), f))]
+            if closed or folder == private:
+                found.setdefault(folder, set()).add(parts[i])
+                required = required or closed
+    plan = []
+    for folder in sorted(found, key=lambda f: (f.count(os.sep), f)):
+        shared = os.stat(folder).st_mode & stat.S_IWOTH  # /tmp: an empty private one, writable
+        plan.append([folder, sorted(found[folder]), "mode=1777,size=16m" if shared else "mode=0755,size=64k"])
+    return plan, required
 
 
 def _code_paths() -> list[str]:
@@ -166,8 +176,11 @@ def run(workdir: Path, request: dict[str, Any], policy: Policy, *,
     confine: dict[str, Any] = {"parent_pid": os.getpid(), "limits": policy.limits(), "user": None}
     if user is not None:
         confine["user"] = {"name": user.pw_name, "uid": user.pw_uid, "gid": user.pw_gid}
-        confine["blocked"] = blocked([*_code_paths(), str(workdir)], user.pw_uid, user.pw_gid)
+        private = os.path.dirname(os.path.realpath(workdir))
+        confine["mounts"], confine["mounts_required"] = mount_plan(
+            [*_code_paths(), str(workdir)], user.pw_uid, user.pw_gid, private)
     (workdir / "request.json").write_text(json.dumps({**request, "progress_fd": write_fd, "confine": confine}))
+    (workdir / RESULT).unlink(missing_ok=True)  # only this run's answer counts
     try:
         with (workdir / "child.log").open("wb") as log:
             proc = subprocess.Popen(

@@ -19,6 +19,18 @@ from worker.sandbox_child import PipeProgress, write_result
 LIMITS = ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_CORE")
 
 
+def outer_pid() -> int:
+    """This process's pid as the tests see it (in its own PID namespace it is 1, 2...)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[1])
+    return os.getpid()
+
+
+def tell(fd: int, stage: str, message: str) -> None:
+    os.write(fd, json.dumps({"stage": stage, "fraction": 0.0, "message": message}).encode() + b"\n")
+
+
 def _try(fn: Any) -> str:
     try:
         fn()
@@ -39,6 +51,8 @@ def identity(root: Path, request: dict[str, Any]) -> dict[str, Any]:
         "write_workdir": _try(lambda: (root / "planted").write_text("x")),
         "write_out": _try(lambda: (root / "out" / "ok.txt").write_text("x")),
         "write_marker": _try(lambda: (root / ".owner").write_text("{}")),
+        "siblings": sorted(os.listdir(root.parent)),
+        "write_base": _try(lambda: (root.parent / "probe").write_text("x")),
     }
 
 
@@ -51,15 +65,22 @@ def main(argv: list[str]) -> int:
     info: dict[str, Any] = {"sandbox": done}
     if what == "identity":
         info.update(identity(root, request))
-    elif what == "sleep":  # a stage that never reports, with a grandchild in its process group
+    elif what in ("sleep", "escape"):
+        # sleep: a stage that never reports, with a grandchild in its process group;
+        # escape: a grandchild in a session of its own, and the job ends normally
         if request.get("ignore_term"):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        kid = os.fork()
-        if kid == 0:
+        fd = int(request["progress_fd"])
+        if os.fork() == 0:
+            if what == "escape":
+                os.setsid()
+            tell(fd, "grandchild", str(outer_pid()))
             time.sleep(600)
             os._exit(0)
-        progress("probe", 0.0, json.dumps({"pid": os.getpid(), "grandchild": kid}))
-        time.sleep(600)
+        tell(fd, "child", str(outer_pid()))
+        if what == "sleep":
+            time.sleep(600)
+        time.sleep(0.5)  # the grandchild has reported
     elif what == "spin":
         while True:
             pass
