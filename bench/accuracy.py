@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pruning_core import api
-from pruning_core.criteria_names import CRITERIA
+from pruning_core.criteria_names import CRITERION_INFO
 from pruning_core.runtime import calibration
 
 BATCH = 32
@@ -176,7 +176,7 @@ GAUSSIAN = "obspa (gaussian inputs)"
 
 def variants() -> list[tuple[str, str, bool]]:
     """(row label, criterion, with data)."""
-    rows = [(c, c, False) for c in CRITERIA]
+    rows = [(c, c, False) for c in CRITERION_INFO]
     rows += [(GAUSSIAN, "obspa", False), ("taylor+data", "taylor", True), ("obspa+data", "obspa", True)]
     return rows
 

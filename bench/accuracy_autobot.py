@@ -6,8 +6,8 @@ The AutoBot section of ``docs/accuracy.md``: the same nets, data and training as
 ``bench/accuracy.py`` (its helpers are imported, not copied). For each net and criterion: prune at
 50 % FLOPs through ``api.prune`` (data-free, and ``+data`` = 128 labelled training images as
 calibration data), held-out accuracy without fine-tuning; then every pruned model gets the same
-short recovery (``pruning_core.recover``: distillation from the original + cross-entropy, on the
-training split) and is measured again. The time of the score stage (for AutoBot: gate training) is
+short recovery (``pruning_core.training.recovery``: distillation from the original + cross-entropy,
+on the training split) and is measured again. The time of the score stage (for AutoBot: gate training) is
 reported. The section is written between markers, so the rest of the file is left as it is.
 """
 
@@ -24,9 +24,10 @@ import onnx
 import torch
 
 from bench.accuracy import MLP, SEED, PlainCNN, ResNet, accuracy, digits, export, train
-from pruning_core import api, recover
+from pruning_core import api
 from pruning_core.ir import graph as graph_mod
 from pruning_core.spec import PruneSpec
+from pruning_core.training.recovery import recover
 
 BATCH = 32
 TARGET = 0.5
@@ -54,7 +55,7 @@ def _recover(path: Path, pruned: Path, x: np.ndarray, y: np.ndarray, out: Path) 
                                      "seed": SEED})
     g = graph_mod.load(path, spec.input_shapes)
     t0 = time.perf_counter()
-    model = recover.recover(g.full_model(), onnx.load(str(pruned)), spec, {"x": x}, y)
+    model = recover(g.full_model(), onnx.load(str(pruned)), spec, {"x": x}, y)
     seconds = time.perf_counter() - t0
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(out))

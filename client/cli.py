@@ -3,12 +3,14 @@
 Remote commands talk to a server (--server, SPA_SERVER; key from --api-key or SPA_API_KEY);
 `spa serve` runs the embedded server; `spa prune` / `spa analyze` run locally (client.local_commands).
 Exit codes: 0 done, 1 job failed or cancelled, 2 usage or bad input. Errors are one line on stderr.
-Nothing heavy is imported at module level: `spa --help` stays fast.
+Nothing heavy is imported at module level: `spa --help` stays fast, and the remote commands work
+with the base install (httpx). Commands that need an extra say which one when it is missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import sys
@@ -18,9 +20,20 @@ from typing import Any, NoReturn
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
 MODEL_ID = re.compile(r"^[0-9a-f]{32}$")
 
+# Top-level modules of each extra of pyproject.toml that a command needs (checked without importing).
+CORE_MODULES = ("pydantic", "pydantic_settings", "sqlalchemy", "alembic", "celery")
+API_MODULES = (*CORE_MODULES, "fastapi", "uvicorn", "python_multipart", "jinja2", "prometheus_client")
+LIBRARY_MODULES = ("numpy", "pydantic", "onnx", "onnxruntime", "onnxscript", "torch")
+
 
 class UsageError(Exception):
     """Bad input from the user: one line on stderr, exit 2."""
+
+
+def require_extra(extra: str, what: str, modules: tuple[str, ...]) -> None:
+    """A UsageError (one sentence, exit 2) when a module of ``extra`` is not installed."""
+    if any(importlib.util.find_spec(name) is None for name in modules):
+        raise UsageError(f"{what} needs the {extra} extra: pip install 'spa-service[{extra}]'")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -168,13 +181,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _db_url(args: argparse.Namespace) -> str:
-    from app.config import Settings
+    from app.core.config import Settings
 
     return args.database_url or Settings().database_url
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from app.db.migrate import upgrade
+    require_extra("core", "spa db", CORE_MODULES)
+    from app.core.db.migrate import upgrade
 
     url = _db_url(args)
     upgrade(url)
@@ -183,8 +197,9 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_create_key(args: argparse.Namespace) -> int:
-    from app.apikeys import create_key
-    from app.db.session import session_scope
+    require_extra("core", "spa admin", CORE_MODULES)
+    from app.core.apikeys import create_key
+    from app.core.db.session import session_scope
 
     try:
         with session_scope(_db_url(args)) as session:
@@ -197,30 +212,13 @@ def cmd_create_key(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    require_extra("server", "spa serve", (*API_MODULES, *LIBRARY_MODULES))
     from client.serve import serve
 
     return serve(host=args.host, port=args.port, data_dir=Path(args.data_dir), auth=args.auth)
 
 
 # -- parser ------------------------------------------------------------------------------------
-
-
-def _add_local_commands(sub: Any) -> None:
-    """`spa prune` / `spa analyze` run the library here; their module is optional."""
-    try:
-        from client import local_commands
-    except ImportError as e:
-        reason = f"local commands are unavailable ({e}); install the package with its core dependencies"
-
-        def unavailable(_: argparse.Namespace) -> int:
-            raise UsageError(reason)
-
-        for name in ("prune", "analyze"):
-            p = sub.add_parser(name, help=f"(unavailable) local {name}")
-            p.add_argument("rest", nargs=argparse.REMAINDER)
-            p.set_defaults(func=unavailable)
-        return
-    local_commands.add_parsers(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--database-url", help="default: $SPA_DATABASE_URL or the embedded SQLite")
     u.set_defaults(func=cmd_db_upgrade)
 
-    _add_local_commands(sub)
+    from client import local_commands  # the parsers only; the library loads when a command runs
+
+    local_commands.add_parsers(sub)
     return parser
 
 

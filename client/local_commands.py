@@ -1,5 +1,7 @@
 """`spa prune` and `spa analyze`: run the library on this machine, no server.
 
+The library (pruning_core: onnx, onnxruntime, torch) comes with the ``worker`` extra; this module
+imports it only when a command runs, and without it the command says so in one line (exit 2).
 Bad input (missing / truncated / non-ONNX file, a target outside (0, 1), an unknown input name or
 criterion) -> one line on stderr, exit 2, nothing written."""
 
@@ -13,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from client.cli import _fraction  # one parser for "a fraction in (0, 1)" in the whole CLI
+from client.cli import LIBRARY_MODULES, _fraction  # one parser for "a fraction in (0, 1)"
 
 
 def _shape(text: str) -> tuple[str, list[int]]:
@@ -62,6 +64,12 @@ def add_parsers(sub: Any) -> None:
     a.set_defaults(func=cmd_analyze)
 
 
+def _require_library() -> None:
+    from client.cli import require_extra
+
+    require_extra("worker", "local pruning", LIBRARY_MODULES)
+
+
 def _usage(msg: str) -> Exception:
     from client.cli import UsageError
 
@@ -69,6 +77,7 @@ def _usage(msg: str) -> Exception:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    _require_library()
     from pydantic import ValidationError
 
     from pruning_core.errors import PruneError
@@ -154,6 +163,7 @@ def format_table(rep: dict) -> str:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    _require_library()
     from pruning_core.api import analyze
     from pruning_core.errors import PruneError
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.deps import is_loopback
+from app.api.deps import is_loopback
 
 PR_SET_PDEATHSIG = 1
 
@@ -78,16 +78,16 @@ def serve(*, host: str, port: int, data_dir: Path, auth: bool) -> int:
     env = embedded_env(data_dir, auth)
     os.environ.update(env)
 
-    from app.config import get_settings
+    from app.core.config import get_settings
 
     get_settings.cache_clear()
     settings = get_settings()
-    from app.db.migrate import upgrade
+    from app.core.db.migrate import upgrade
 
     upgrade(settings.database_url)
     import uvicorn
 
-    from app.main import create_app
+    from app.api.main import create_app
 
     app = create_app(settings)
     worker = start_worker(env, f"{settings.queue_cpu},{settings.queue_gpu}", data_dir / "worker.log")

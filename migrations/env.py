@@ -6,9 +6,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from app.config import get_settings
-from app.db.models import Base
-from app.db.session import make_engine
+from app.core.config import get_settings
+from app.core.db.models import Base
+from app.core.db.session import make_engine
 
 config = context.config
 if config.config_file_name is not None:

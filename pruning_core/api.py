@@ -29,7 +29,7 @@ from pruning_core.ir import graph as graph_mod
 from pruning_core.ir.weights import LightModel, small_pages
 from pruning_core.runtime import data as data_mod
 from pruning_core.runtime import metrics
-from pruning_core.selection import candidates, select
+from pruning_core.selection import SelectOptions, candidates, select
 from pruning_core.spec import PruneSpec
 from pruning_core.verify import verify
 
@@ -100,15 +100,14 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
     an = analyze_graph(g, spec.attention_heads, spec.approximate)
     done("analyze")
 
-    calib, labels = (data_mod.load_npz(data, g) if data is not None else (None, None))
+    calib, class_labels = (data_mod.load_npz(data, g) if data is not None else (None, None))
     stage("score", 0.0, f"criterion {spec.criterion}")
-    ctx = ScoreContext(an, spec, calib, labels, progress=lambda f, m: stage("score", f, m))
+    ctx = ScoreContext(an, spec, calib, class_labels, progress=lambda f, m: stage("score", f, m))
     scores = score(ctx)
     done("score")
 
     stage("select", 0.0, f"target {spec.target.kind}={spec.target.value}")
-    removed = select(an, scores, spec.target.kind, spec.target.value, spec.scope, spec.max_group_ratio,
-                     spec.round_to, spec.ignore)
+    removed = select(an, scores, SelectOptions.from_spec(spec))
     done("select")
 
     stage("surgery", 0.0, f"removing {int(removed.sum())} channels")
@@ -140,11 +139,11 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
         done("compensate")
 
     if spec.recover is not None:
-        from pruning_core import recover
+        from pruning_core.training.recovery import recover
 
         stage("recover", 0.0, f"{spec.recover.method}, {spec.recover.steps} steps")
-        pruned = recover.recover(g.full_model(), _full(pruned), spec, calib, labels,
-                                 progress=lambda f, m: stage("recover", f, m))
+        pruned = recover(g.full_model(), _full(pruned), spec, calib, class_labels,
+                         progress=lambda f, m: stage("recover", f, m))
         done("recover")
 
     stage("save", 0.0, None)

@@ -9,15 +9,36 @@ measured exactly with the analysis' shape model."""
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from pruning_core.analysis.groups import Analysis, Group
 from pruning_core.errors import UnreachableTargetError
+from pruning_core.spec import PruneSpec
 
 
-def candidates(an: Analysis, ignore: list[str]) -> list[Group]:
+@dataclass(frozen=True)
+class SelectOptions:
+    """What selection reads of the spec: the target (``kind``, ``value``: the fraction to remove)
+    and how channels may go."""
+
+    kind: Literal["flops", "params", "channels"]
+    value: float
+    scope: Literal["global", "local"] = "global"
+    max_group_ratio: float = 0.9
+    round_to: int = 1
+    ignore: Sequence[str] = ()
+
+    @classmethod
+    def from_spec(cls, spec: PruneSpec) -> SelectOptions:
+        return cls(spec.target.kind, spec.target.value, spec.scope, spec.max_group_ratio, spec.round_to,
+                   tuple(spec.ignore))
+
+
+def candidates(an: Analysis, ignore: Sequence[str]) -> list[Group]:
     def ignored(grp: Group) -> bool:
         return any(fnmatch.fnmatch(p.tensor, pat) for p in grp.places for pat in ignore)
 
@@ -34,10 +55,11 @@ def _allowed(grp: Group, max_ratio: float, round_to: int) -> np.ndarray:
     return counts[ok]
 
 
-def select(an: Analysis, scores: dict[int, np.ndarray], kind: str, value: float, scope: str = "global",
-           max_group_ratio: float = 0.9, round_to: int = 1, ignore: list[str] | None = None) -> np.ndarray:
+def select(an: Analysis, scores: dict[int, np.ndarray], opts: SelectOptions) -> np.ndarray:
     """Boolean ``removed[cid]`` meeting the target (a fraction to remove)."""
-    groups = [g for g in candidates(an, ignore or []) if g.id in scores]
+    kind, value = opts.kind, opts.value
+    max_group_ratio, round_to = opts.max_group_ratio, opts.round_to
+    groups = [g for g in candidates(an, opts.ignore) if g.id in scores]
     orders: dict[int, np.ndarray] = {}
     allowed: dict[int, np.ndarray] = {}
     for g in groups:
@@ -58,7 +80,7 @@ def select(an: Analysis, scores: dict[int, np.ndarray], kind: str, value: float,
         a = allowed[g.id]
         return int(a[np.searchsorted(a, want, side="right") - 1])
 
-    if scope == "local":
+    if opts.scope == "local":
         def at(t: float) -> np.ndarray:
             return build({g.id: snap(g, int(np.floor(t * g.size + 1e-9))) for g in groups})
         steps = sorted({0.0, 1.0} | {c / g.size for g in groups for c in allowed[g.id]})

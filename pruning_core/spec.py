@@ -101,7 +101,6 @@ class PruneSpec(BaseModel):
     calibration: Calibration = Field(default_factory=Calibration)
     recover: Recover | None = None
     autobot: AutoBotOptions = Field(default_factory=AutoBotOptions)
-    outputs: list[Literal["onnx", "pt2", "plan"]] = Field(default_factory=lambda: ["onnx"], max_length=8)
     device: Literal["cpu", "cuda"] | None = None
     verify: bool = True     # masked-equivalence check (a failing check fails the job)
     measure: bool = True    # onnxruntime latency and output fidelity (params / MACs always)
@@ -110,10 +109,10 @@ class PruneSpec(BaseModel):
     @field_validator("criterion")
     @classmethod
     def _known_criterion(cls, v: str) -> str:
-        from pruning_core.criteria_names import CRITERIA
+        from pruning_core.criteria_names import CRITERION_INFO
 
-        if v not in CRITERIA:
-            raise ValueError(f"unknown criterion {v!r}; known: {', '.join(sorted(CRITERIA))}")
+        if v not in CRITERION_INFO:
+            raise ValueError(f"unknown criterion {v!r}; known: {', '.join(sorted(CRITERION_INFO))}")
         return v
 
     @field_validator("input_shapes")

@@ -1,71 +1,13 @@
-"""The Celery application. Importable by the API process: it only configures Celery (no torch);
-the API sends tasks by name and never imports ``worker.tasks``.
+"""The worker's Celery application: the shared configuration of ``app.core.queue`` plus the task
+module. (The API builds its sending app from the same function and never imports this package.)
 
 Run a worker:  celery -A worker.celery_app worker -Q cpu -c 1     (GPU machines: -Q gpu)
 """
 
 from __future__ import annotations
 
-from typing import Any
+from app.core.config import get_settings
+from app.core.queue import make_celery
 
-from celery import Celery
-from kombu import Exchange, Queue
-
-from app.config import Settings, get_settings
-
-TASK_RUN_JOB = "spa.run_job"
-TASK_VALIDATE_MODEL = "spa.validate_model"
-
-
-def transport_options(settings: Settings) -> dict[str, Any]:
-    url = settings.broker_url
-    if url.startswith(("redis", "rediss", "sqs")):
-        # Unacked messages come back after this long: above the hard time limit, so a slow job is
-        # never handed to a second worker while the first still runs it.
-        opts: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
-        if settings.broker_key_prefix:
-            opts["global_keyprefix"] = settings.broker_key_prefix
-        return opts
-    if url.startswith(("sqla+", "sqlalchemy+")):
-        # These options go to sqlalchemy.create_engine: wait for SQLite's lock, never fail fast.
-        return {"connect_args": {"timeout": 30}}
-    return {}
-
-
-def make_celery(settings: Settings) -> Celery:
-    app = Celery("spa", broker=settings.broker_url, include=["worker.tasks"], set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        event_serializer="json",
-        # The database holds job state; no result backend to keep in sync.
-        task_ignore_result=True,
-        result_backend=None,
-        # A job is acked only when it is done: a worker killed mid-job leaves it for redelivery.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_soft_time_limit=settings.task_soft_time_limit,
-        task_time_limit=settings.task_time_limit,
-        broker_transport_options=transport_options(settings),
-        broker_connection_retry_on_startup=True,
-        task_queues=tuple(
-            Queue(q, Exchange(q, type="direct"), routing_key=q)
-            for q in (settings.queue_cpu, settings.queue_gpu)
-        ),
-        task_default_exchange=settings.queue_cpu,
-        task_default_routing_key=settings.queue_cpu,
-        task_default_queue=settings.queue_cpu,
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        # torch keeps memory it has touched; a fresh child now and then returns it to the system.
-        worker_max_tasks_per_child=20,
-        enable_utc=True,
-    )
-    app.conf.spa_settings = settings
-    return app
-
-
-celery_app = make_celery(get_settings())
+celery_app = make_celery(get_settings(), include=["worker.tasks"])
 app = celery_app  # `celery -A worker.celery_app` finds `app`

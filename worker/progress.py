@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from app import jobstate
-from app.config import Settings
-from app.db.session import session_scope
+from app.core import jobstate
+from app.core.config import Settings
+from app.core.db.session import session_scope
 
 MIN_INTERVAL_S = 0.5  # between DB writes for plain progress ticks
 MIN_STEP = 0.05  # a progress event at least every 5 %

@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,16 @@ import sqlalchemy as sa
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from app import jobstate
-from app.blobs import release_if_unused
-from app.config import Settings
-from app.db.models import Dataset, Job, Model, utcnow
-from app.db.session import get_engine, session_scope
-from app.storage import BlobStore, make_store
-from app.zipcheck import UnsafeZip, safe_extract
+from app.core import jobstate
+from app.core.blobs import release_if_unused
+from app.core.config import Settings
+from app.core.db.models import Dataset, Job, Model, utcnow
+from app.core.db.session import get_engine, session_scope
+from app.core.queue import TASK_RUN_JOB, TASK_VALIDATE_MODEL, send_run_job, send_validate_model
+from app.core.storage import BlobStore, make_store
+from pruning_core.frontends.zipsafe import UnsafeZip, safe_extract
 from worker import sandbox, workdirs
-from worker.celery_app import TASK_RUN_JOB, TASK_VALIDATE_MODEL, celery_app
+from worker.celery_app import celery_app
 from worker.progress import ProgressReporter
 from worker.sandbox import SandboxFailure
 from worker.sandbox_child import execute
@@ -234,20 +236,43 @@ def run_job(job_id: str) -> str:
     beat.start()
     workdir = workdirs.make("job")
     try:
-        return _run_claimed(settings, job_id, workdir)
+        final = _run_claimed(settings, job_id, workdir)
     finally:
         beat.stop_event.set()
         workdirs.remove(workdir)
+    return _record(db, job_id, final)
 
 
-def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> str:
+@dataclass
+class _Final:
+    """How a job ended. Written after its work folder is removed: once a job shows a final state,
+    nothing of it (a copy of the model, artifacts) is left on the worker."""
+
+    state: str  # succeeded | failed | cancelled | lost (no longer ours: nothing to write)
+    message: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def _failed(error: str, code: str) -> _Final:
+    return _Final("failed", error, {"error": error, "error_code": code})
+
+
+def _record(db: str, job_id: str, final: _Final) -> str:
+    if final.state == "lost":
+        return "lost"
+    with session_scope(db) as session:
+        ok = jobstate.finish(session, job_id, final.state, message=final.message or final.state, **final.values)
+    return final.state if ok or final.state != "succeeded" else "lost"
+
+
+def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> _Final:
     db = settings.database_url
     store = make_store(settings)
     reporter = ProgressReporter(settings, job_id)
     try:
         from pruning_core.errors import Cancelled
     except ImportError as e:
-        return _fail(db, job_id, f"the pruning library is not installed on this worker: {e}", "internal")
+        return _failed(f"the pruning library is not installed on this worker: {e}", "internal")
     try:
         with session_scope(db) as session:
             job = session.get(Job, job_id)
@@ -255,7 +280,7 @@ def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> str:
             model = session.get(Model, job.model_id)
             assert model is not None
             if model.state == "invalid":
-                return _fail(db, job_id, f"the model is invalid: {model.reason}", "invalid_model")
+                return _failed(f"the model is invalid: {model.reason}", "invalid_model")
             dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
             spec = dict(job.spec)
         reporter("fetch", 0.0, "fetching the model")
@@ -273,43 +298,26 @@ def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> str:
         artifacts = _store_artifacts(
             store, paths, settings.max_upload_bytes * 4, owner.pw_uid if owner is not None else None
         )
-        with session_scope(db) as session:
-            ok = jobstate.finish(
-                session,
-                job_id,
-                "succeeded",
-                message="succeeded",
-                stage="done",
-                progress=1.0,
-                summary=result["summary"],
-                report=result["report"],
-                artifacts=artifacts,
-            )
-        return "succeeded" if ok else "lost"
+        return _Final("succeeded", "succeeded", {
+            "stage": "done", "progress": 1.0, "summary": result["summary"], "report": result["report"],
+            "artifacts": artifacts,
+        })
     except Cancelled:
-        with session_scope(db) as session:
-            jobstate.finish(session, job_id, "cancelled", message="cancelled while running")
-        return "cancelled"
+        return _Final("cancelled", "cancelled while running")
     except _JobLost as e:
         log.warning("job %s stopped: %s (taken over after a silence)", job_id, e)
-        return "lost"
+        return _Final("lost")
     except SandboxFailure as e:
         if e.code == "internal":
             log.error("job %s failed: %s", job_id, e.message)
-        return _fail(db, job_id, e.message, e.code)
+        return _failed(e.message, e.code)
     except UnsafeZip as e:
-        return _fail(db, job_id, str(e) or type(e).__name__, getattr(e, "code", "invalid_model"))
+        return _failed(str(e) or type(e).__name__, getattr(e, "code", "invalid_model"))
     except SoftTimeLimitExceeded:
-        return _fail(db, job_id, f"time limit of {settings.task_soft_time_limit} s exceeded", "time_limit")
+        return _failed(f"time limit of {settings.task_soft_time_limit} s exceeded", "time_limit")
     except Exception as e:
         log.exception("job %s crashed", job_id)
-        return _fail(db, job_id, f"internal error: {type(e).__name__}: {e}", "internal")
-
-
-def _fail(db: str, job_id: str, error: str, code: str) -> str:
-    with session_scope(db) as session:
-        jobstate.finish(session, job_id, "failed", message=error, error=error, error_code=code)
-    return "failed"
+        return _failed(f"internal error: {type(e).__name__}: {e}", "internal")
 
 
 # --- recovery of jobs whose worker died ---------------------------------------------------------
@@ -330,7 +338,7 @@ def sweep_once(settings: Settings) -> dict[str, str]:
         if outcome:
             outcomes[job_id] = outcome
         if outcome == "requeued":
-            celery_app.send_task(TASK_RUN_JOB, args=[job_id], queue=queue)
+            send_run_job(celery_app, job_id, queue)  # type: ignore[arg-type]
             log.warning("job %s re-queued: its worker stopped responding", job_id)
     outcomes.update(_sweep_validations(settings))
     return outcomes
@@ -355,7 +363,7 @@ def _sweep_validations(settings: Settings) -> dict[str, str]:
             if touched == 1:
                 out[model_id] = "validation re-sent"
     for model_id in out:
-        celery_app.send_task(TASK_VALIDATE_MODEL, args=[model_id], queue=settings.queue_cpu)
+        send_validate_model(celery_app, model_id, settings.queue_cpu)
     return out
 
 

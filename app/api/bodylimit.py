@@ -1,4 +1,4 @@
-"""A cap on every request body but the multipart uploads (those are bounded by ``app.uploads``).
+"""A cap on every request body but the multipart uploads (those are bounded by ``app.api.uploads``).
 
 The only JSON body is a job (``model_id`` + spec): it is stored with the job and returned in every
 job list, so a body above ``max_spec_bytes`` (+ slack for the fields around the spec) is refused
@@ -12,7 +12,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import problem_response
+from app.api.errors import problem_response
 
 UPLOAD_PATHS = frozenset({"/v1/models", "/v1/datasets"})
 SPEC_SLACK = 4 * 1024  # model_id, dataset_id and the JSON around the spec

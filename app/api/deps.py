@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -12,10 +11,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from app.config import Settings
-from app.db.models import ApiKey
-from app.errors import ProblemError
-from app.storage import BlobStore
+from app.api.errors import ProblemError
+from app.core.apikeys import hash_key
+from app.core.config import Settings
+from app.core.db.models import ApiKey
+from app.core.storage import BlobStore
 
 LOCAL_OWNER = "local"  # owner of everything in the no-auth embedded mode
 
@@ -39,10 +39,6 @@ def get_store(request: Request) -> BlobStore:
 def get_sender(request: Request) -> Any:
     """The Celery app used to send tasks by name (no worker code imported)."""
     return request.app.state.celery
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def is_loopback(host: str | None) -> bool:

@@ -1,7 +1,7 @@
-"""The FastAPI application: ``uvicorn app.main:app`` (settings from SPA_* variables).
+"""The FastAPI application: ``uvicorn app.api.main:app`` (settings from SPA_* variables).
 
-Never imports torch, onnx or the worker's tasks: it validates specs with the pydantic PruneSpec,
-stores uploads as opaque bytes and sends tasks by name.
+Never imports torch, onnx or the worker: it validates specs with the pydantic PruneSpec, stores
+uploads as opaque bytes and sends tasks by name (``app.core.queue``).
 """
 
 from __future__ import annotations
@@ -10,21 +10,21 @@ import logging
 
 from fastapi import FastAPI
 
-from app.bodylimit import SPEC_SLACK, BodyLimit
-from app.config import Settings, get_settings
-from app.db.session import get_sessionmaker
-from app.errors import Problem, install_handlers
-from app.metrics import Metrics
-from app.routes import datasets, health, jobs, models
-from app.storage import make_store
-from app.web import pages
+from app.api.bodylimit import SPEC_SLACK, BodyLimit
+from app.api.errors import Problem, install_handlers
+from app.api.metrics import Metrics
+from app.api.routes import datasets, health, jobs, models
+from app.api.web import pages
+from app.core.config import Settings, get_settings
+from app.core.db.session import get_sessionmaker
+from app.core.queue import make_celery
+from app.core.storage import make_store
 
 log = logging.getLogger("spa.api")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    from worker.celery_app import make_celery  # Celery config only
 
     app = FastAPI(
         title="SPA service",

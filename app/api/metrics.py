@@ -13,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.db.models import JOB_STATES, Job
+from app.core.db.models import JOB_STATES, Job
 
 
 class _JobStates(Collector):

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import binascii
-from typing import Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
+from fastapi import Query
 from sqlalchemy.orm import Session
 
-from app.errors import ProblemError
-from app.schemas import decode_cursor, encode_cursor
+from app.api.errors import ProblemError
+from app.api.schemas import decode_cursor, encode_cursor
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+# The list routes' query parameters, one definition for all of them.
+LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+CursorQuery = Annotated[str | None, Query(max_length=200)]
 
 
 def paginate(

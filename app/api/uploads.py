@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from app.config import Settings
-from app.errors import ProblemError
-from app.storage import BlobStore, StagedFile, TooLarge
+from app.api.errors import ProblemError
+from app.core.config import Settings
+from app.core.storage import BlobStore, StagedFile, TooLarge
 
 MAX_FIELD_BYTES = 64 * 1024  # one non-file form field
 MAX_FORM_BYTES = 256 * 1024  # all non-file field values and all part headers together
@@ -198,9 +198,12 @@ def multipart_openapi(description: str, extra_fields: dict[str, Any] | None = No
     }
 
 
-def find_or_publish(session: Any, table: Any, owner: str, upload: Upload, store: BlobStore) -> Any | None:
-    """The owner's existing row for the same bytes (dedup per owner), or None once the bytes are
-    published to the store. Bytes go before the row: a row always points at a stored blob."""
+def find_or_publish(
+    session: Any, table: Any, owner: str, upload: Upload, store: BlobStore, response: Response
+) -> Any | None:
+    """The owner's existing row for the same bytes (dedup per owner; the answer becomes 200), or None
+    once the bytes are published to the store. Bytes go before the row: a row always points at a
+    stored blob."""
     import sqlalchemy as sa
 
     existing = session.execute(
@@ -208,4 +211,25 @@ def find_or_publish(session: Any, table: Any, owner: str, upload: Upload, store:
     ).scalar_one_or_none()
     if existing is None:
         store.put_file(upload.staged.path, upload.sha256)
+    else:
+        response.status_code = 200
     return existing
+
+
+def commit_new(session: Any, row: Any, response: Response) -> tuple[Any, bool]:
+    """Commit a new upload row: (row, True); or, when the same bytes raced in from a parallel upload
+    of this owner, (that row, False) and the answer becomes 200."""
+    import sqlalchemy as sa
+    from sqlalchemy.exc import IntegrityError
+
+    session.add(row)
+    try:
+        session.commit()
+        return row, True
+    except IntegrityError:
+        session.rollback()
+        response.status_code = 200
+        table = type(row)
+        return session.execute(
+            sa.select(table).where(table.owner_id == row.owner_id, table.sha256 == row.sha256)
+        ).scalar_one(), False

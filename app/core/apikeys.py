@@ -1,13 +1,18 @@
-"""API keys: created by `spa admin create-key NAME`, shown once, stored only as a hash."""
+"""API keys: created by `spa admin create-key NAME`, shown once, stored only as a hash (the API
+looks a caller's key up by the same hash, ``app.api.deps``)."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 
 from sqlalchemy.orm import Session
 
-from app.db.models import ApiKey
-from app.deps import hash_key
+from app.core.db.models import ApiKey
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def create_key(session: Session, name: str) -> tuple[ApiKey, str]:

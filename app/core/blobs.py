@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app.db.models import Dataset, Model
-from app.storage import BlobStore
+from app.core.db.models import Dataset, Model
+from app.core.storage import BlobStore
 
 
 def release_if_unused(session: Session, store: BlobStore, sha256: str) -> bool:

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     s3_prefix: str = ""
 
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)  # 2 GiB; 413 above
-    auth_disabled: bool = False  # only honoured for loopback clients (see deps.py)
+    auth_disabled: bool = False  # only honoured for loopback clients (see app/api/deps.py)
     # .pt2 files are programs (loaded only in the worker's sandbox); None -> on only without auth
     # (the loopback embedded mode), off when API keys are in use. See SECURITY.md.
     allow_pytorch_uploads: bool | None = None
@@ -83,10 +83,6 @@ class Settings(BaseSettings):
         if self.heartbeat_stale_s <= self.heartbeat_interval_s:
             raise ValueError("heartbeat_stale_s must be above heartbeat_interval_s")
         return self
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
     @property
     def pytorch_uploads_allowed(self) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app.db.models import Job, JobEvent, utcnow
+from app.core.db.models import Job, JobEvent, utcnow
 
 
 def add_event(

@@ -124,9 +124,6 @@ class LabelCtx:
 
     # ---------------------------------------------------------------- tensors
 
-    def is_const(self, name: str) -> bool:
-        return name in self.g.inits
-
     def is_param(self, name: str) -> bool:
         """A constant operand: an initializer or a view of one (Transpose(W), Unsqueeze(b))."""
         return name in self.g.inits or name in self.views

@@ -9,14 +9,15 @@ start at 0.9 and only ``alpha`` is trained (Adam), on
     L_F  = (F - T) / (F_max - T)  if F > T  else  1 - F / T
     L_B  = mean over groups of mean |lambda - round(lambda)|
 
-``task`` is cross-entropy with labels, else distillation to the ungated model's outputs (KL on
-logits, normalized MSE otherwise; ``recover.distill_loss``); without data the inputs are data-free
-(``recover.Source``). ``F`` is the MAC count as a differentiable function of the gates, from the
-same MAC model as the real counter (``pruning_core.twin.flops.SoftCost``; params / channels for those
-targets), ``F_max`` the unpruned count and ``T`` the target. The gates of the lowest-loss batch of
-the last 40 % of steps are kept. The scores are those gate values (``normalizer="none"``): global
-selection then ranks every channel by its gate -- one global threshold -- and bisects that ranking
-against the real MAC counter, which meets the target within 1 % and keeps >= 1 channel per group.
+``task`` is cross-entropy with class labels, else distillation to the ungated model's outputs (KL
+on logits, normalized MSE otherwise; ``training.losses``); without data the inputs are data-free
+(``training.batches.BatchSource``). Options: ``spec.autobot``, on ``spec.device``. ``F`` is the MAC
+count as a differentiable function of the gates, from the same MAC model as the real counter
+(``pruning_core.twin.flops.SoftCost``; params / channels for those targets), ``F_max`` the unpruned
+count and ``T`` the target. The gates of the lowest-loss batch of the last 40 % of steps are kept.
+The scores are those gate values (``normalizer="none"``): global selection then ranks every channel
+by its gate -- one global threshold -- and bisects that ranking against the real MAC counter, which
+meets the target within 1 % and keeps >= 1 channel per group.
 
 **Documented departure from the paper: gates sit where channels are consumed, not where they are
 produced.** The paper places a bottleneck after each producer (after its activation). We insert a
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -43,8 +45,10 @@ from onnx import ModelProto, helper, numpy_helper
 
 from pruning_core.analysis.groups import Analysis, Group
 from pruning_core.importance.registry import ScoreContext, register
-from pruning_core.recover import Source, device_for, distill_loss, supervised_loss
 from pruning_core.selection import candidates
+from pruning_core.training.batches import BatchSource, Pass, device_for
+from pruning_core.training.losses import distill_loss, supervised_loss
+from pruning_core.training.passes import backward_mean, twin_of
 from pruning_core.twin.flops import SoftCost
 
 Tensor = torch.Tensor
@@ -96,13 +100,10 @@ class GatedTwin:
     ``None`` turns gating off (the original model, for the distillation targets)."""
 
     def __init__(self, an: Analysis, trainable: np.ndarray, device: torch.device | None = None) -> None:
-        from pruning_core.twin.executor import OnnxTwin
-
         self.an = an
         self.device = device or torch.device("cpu")
         model, self.layout = gated_model(an, trainable)
-        self.twin = OnnxTwin(model).to(self.device).eval()
-        self.twin.requires_grad_(False)
+        self.twin = twin_of(model, self.device, frozen=True)
         n = an.n_channels
         self._ext: Tensor | None = None
         gates = {}
@@ -147,7 +148,7 @@ def train_gates(ctx: ScoreContext) -> dict:
     "seconds", "steps", "best_loss", "cost_fraction", "batch_mode"}``."""
     an, spec = ctx.analysis, ctx.spec
     opts = spec.autobot
-    device = device_for(spec)
+    device = device_for(spec.device)
     torch.manual_seed(int(spec.seed))
     t0 = time.perf_counter()
     groups: list[Group] = candidates(an, spec.ignore)
@@ -160,7 +161,7 @@ def train_gates(ctx: ScoreContext) -> dict:
         return {"gates": {grp.id: np.ones(grp.size) for grp in an.groups}, "seconds": 0.0, "steps": 0,
                 "best_loss": math.nan, "cost_fraction": 1.0, "batch_mode": None}
     net = GatedTwin(an, trainable, device)
-    source = Source(an.graph, ctx.data, ctx.labels, int(spec.seed), spec.calibration.samples)
+    source = BatchSource(an.graph, ctx.data, ctx.class_labels, int(spec.seed), spec.calibration.samples)
     net.set_keep(None)
     source.probe([net], device)
 
@@ -185,9 +186,20 @@ def train_gates(ctx: ScoreContext) -> dict:
     steps = opts.steps
     keep_from = steps - max(1, math.ceil(BEST_OF_LAST * steps))
     best_loss, best_alpha, best_f = math.inf, alpha.detach().clone(), f_max
-    labels_known = ctx.labels is not None
+
+    def task_loss(p: Pass, lam: Tensor) -> Tensor:
+        """Cross-entropy with class labels, else distillation to the ungated model."""
+        if p.class_labels is not None:
+            net.set_keep(lam)
+            return supervised_loss(source.call(net, p)[0], p.class_labels)
+        net.set_keep(None)
+        with torch.no_grad():
+            teacher = source.call(net, p)
+        net.set_keep(lam)
+        return distill_loss(source.call(net, p), teacher)
+
     for step in range(steps):
-        chunks = source.draw(opts.batch_size, rng)
+        passes = source.next_passes(opts.batch_size, rng, device)
         opt.zero_grad(set_to_none=True)
         lam = gates()
         f = cost(lam)
@@ -195,23 +207,12 @@ def train_gates(ctx: ScoreContext) -> dict:
         dev = (lam[cols] - torch.round(lam[cols])).abs()
         l_b = (torch.zeros_like(sizes).index_add(0, rows, dev) / sizes).mean() if len(members) else lam.new_zeros(())
         reg = opts.beta * l_f.float() + opts.gamma * l_b
-        # the regularizers once per step; the task loss averaged over the step's chunks
+        # the regularizers once per step; the task loss averaged over the step's passes (the
+        # gates' graph is shared by them: retained); a step of a big model runs for a minute on a
+        # few cores: report inside it too
         reg.backward(retain_graph=True)
-        task_total = 0.0
-        passes = source.passes(chunks, device)
-        for k, p in enumerate(passes):
-            if not labels_known:
-                net.set_keep(None)
-                with torch.no_grad():
-                    teacher = source.call(net, p)
-            # a step of a big model runs for a minute on a few cores: report inside it too
-            ctx.report((step + (k + 0.5) / len(passes)) / steps)
-            net.set_keep(lam)
-            out = source.call(net, p)
-            task = supervised_loss(out[0], p.labels) if p.labels is not None else distill_loss(out, teacher)
-            task = task / len(passes)
-            task.backward(retain_graph=True)
-            task_total += task.detach().item()
+        task_total = backward_mean(passes, partial(task_loss, lam=lam), retain_graph=True,
+                                   on_pass=lambda frac, s=step: ctx.report((s + frac) / steps))
         loss = task_total + reg.detach().item()
         if step >= keep_from and loss < best_loss:
             # the gates this loss was measured with (before this step's update)
@@ -233,8 +234,7 @@ def _prepare(ctx: ScoreContext) -> None:
     ctx.cache["autobot"] = train_gates(ctx)
 
 
-@register("autobot", doc="AutoBot: trainable per-group channel gates with a FLOPs-target loss (gate values)",
-          prepare=_prepare, normalizer="none")
+@register("autobot", prepare=_prepare, normalizer="none")
 def autobot(ctx: ScoreContext, grp: Group) -> np.ndarray:
     lam = ctx.cache["autobot"]["gates"][grp.id]
     # one gate per channel, shared by every place of the group

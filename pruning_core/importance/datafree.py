@@ -35,8 +35,7 @@ def _is_norm_scale(ctx: ScoreContext, tensor: str) -> bool:
     return bool(users) and all(NORM_SCALE_INPUT.get(n.op_type) == i for n, i in users)
 
 
-@register("bn_scale", doc="|gamma| of the group's BatchNorm/LayerNorm/GroupNorm scales (network slimming); "
-          "groups without a norm fall back to l2 (data-free)")
+@register("bn_scale")
 def bn_scale(ctx: ScoreContext, grp: Group) -> np.ndarray:
     rows = [np.abs(channel_rows(ctx.weight(p), p)).sum(axis=1)
             for p in grp.places if _is_norm_scale(ctx, p.tensor)]
@@ -45,7 +44,7 @@ def bn_scale(ctx: ScoreContext, grp: Group) -> np.ndarray:
     return np.stack(rows)
 
 
-@register("random", doc="uniform random scores seeded by spec.seed (a baseline; data-free)")
+@register("random")
 def random_scores(ctx: ScoreContext, grp: Group) -> np.ndarray:
     # seeded per (seed, group) so the draw for one group does not depend on how many came before
     rng = np.random.default_rng([int(ctx.spec.seed), int(grp.id)])
@@ -62,16 +61,14 @@ def _distance_sums(x: np.ndarray, chunk: int = 1024) -> np.ndarray:
     return out
 
 
-@register("fpgm", doc="FPGM: summed distance of each channel's filter to the other filters; channels "
-          "near the geometric median are redundant (data-free)")
+@register("fpgm")
 def fpgm(ctx: ScoreContext, grp: Group) -> np.ndarray:
     # The geometric median of the filters minimizes the summed distance to all of them; filters
     # with the smallest summed distance are the closest to it and can be replaced by the others.
     return np.stack([_distance_sums(channel_rows(ctx.weight(p), p)) for p in _producers(grp)])
 
 
-@register("lamp", doc="LAMP: channel energy over the energy of all channels at least as large, per "
-          "producing layer (layer-adaptive magnitude; data-free)")
+@register("lamp")
 def lamp(ctx: ScoreContext, grp: Group) -> np.ndarray:
     rows = []
     for p in _producers(grp):

@@ -49,11 +49,11 @@ def _place_norms(ctx: ScoreContext, grp: Group, p: int) -> np.ndarray:
     return np.stack(rows)
 
 
-@register("l1", doc="L1 norm of the group's weights (data-free)")
+@register("l1")
 def l1(ctx: ScoreContext, grp: Group) -> np.ndarray:
     return _place_norms(ctx, grp, 1)
 
 
-@register("l2", doc="L2 norm of the group's weights (data-free)")
+@register("l2")
 def l2(ctx: ScoreContext, grp: Group) -> np.ndarray:
     return _place_norms(ctx, grp, 2)

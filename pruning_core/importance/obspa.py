@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from onnx import ModelProto, NodeProto, numpy_helper
 
 from pruning_core.analysis.groups import Analysis, Group
 from pruning_core.importance.magnitude import _place_norms
 from pruning_core.importance.registry import ScoreContext, register
+from pruning_core.importance.unfold import conv_unfold, dense_unfold
 from pruning_core.ir.graph import attr
 from pruning_core.runtime import calibration
 
@@ -81,7 +81,10 @@ class Product:
 
 
 @dataclass
-class Plan:
+class ConsumerPlan:
+    """Every consumer of channels (``plan``): weight least-squares blocks and weightless products
+    (not the plan.json of ``pruning_core.plan``)."""
+
     consumers: list[Consumer] = field(default_factory=list)
     products: list[Product] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -124,60 +127,6 @@ def _bias_of_matmul(an: Analysis, node: NodeProto, n_out: int) -> str | None:
     return other if b is not None and b.ndim == 1 and b.shape[0] == n_out else None
 
 
-def _conv_pads(node: NodeProto, spatial: tuple[int, ...], kernel: tuple[int, ...],
-               strides: list[int], dil: list[int]) -> list[tuple[int, int]]:
-    nd = len(spatial)
-    auto = attr(node, "auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        out = []
-        for i in range(nd):
-            o = -(-spatial[i] // strides[i])
-            total = max(0, (o - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - spatial[i])
-            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
-            out.append((lo, total - lo))
-        return out
-    if auto == "VALID":
-        return [(0, 0)] * nd
-    pads = list(attr(node, "pads", [0] * (2 * nd)))
-    return [(pads[i], pads[i + nd]) for i in range(nd)]
-
-
-def _conv_unfold(node: NodeProto, x_shape: tuple[int, ...],
-                 w_shape: tuple[int, ...]) -> tuple[Callable, tuple] | None:
-    """(activation -> patches [n, C*k], hashable signature of the unfolding) for 1-D / 2-D Conv."""
-    nd = len(x_shape) - 2
-    if nd not in (1, 2):
-        return None
-    kernel = tuple(w_shape[2:])
-    strides = list(attr(node, "strides", [1] * nd))
-    dil = list(attr(node, "dilations", [1] * nd))
-    pads = _conv_pads(node, tuple(x_shape[2:]), kernel, strides, dil)
-    if nd == 1:
-        kernel, strides, dil, pads = (1, *kernel), [1, *strides], [1, *dil], [(0, 0), *pads]
-
-    span = tuple((k - 1) * d + 1 for k, d in zip(kernel, dil, strict=True))
-
-    def unfold(x: np.ndarray) -> np.ndarray:
-        if nd == 1:
-            x = x[:, :, None, :]
-        xp = np.pad(x, ((0, 0), (0, 0), pads[0], pads[1]))
-        # [B, C, H', W', span_h, span_w] view, then stride and dilation by slicing: no copy
-        win = sliding_window_view(xp, span, axis=(2, 3))
-        win = win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]
-        return win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kernel[0] * kernel[1])
-
-    return unfold, ("conv", tuple(kernel), tuple(strides), tuple(dil), tuple(pads))
-
-
-def _dense_unfold(axis: int) -> Callable[[np.ndarray], np.ndarray]:
-    def unfold(x: np.ndarray) -> np.ndarray:
-        m = np.moveaxis(x, axis, -1)
-        return m.reshape(-1, m.shape[-1])
-
-    return unfold
-
-
 def _split(owner: np.ndarray, max_cols: int) -> list[np.ndarray]:
     """Channel-aligned column blocks of at most ``max_cols`` columns (a channel never splits)."""
     if len(owner) <= max_cols:
@@ -216,12 +165,12 @@ def _owner_along(an: Analysis, tensor: str, axis: int) -> np.ndarray | None:
     return owner if ax % rank == axis % rank else None
 
 
-def plan(an: Analysis, max_cols: int | None = None) -> Plan:
+def plan(an: Analysis, max_cols: int | None = None) -> ConsumerPlan:
     """Every consumer of channels, as weight least-squares blocks or weightless products."""
     g = an.graph
     max_cols = max_cols or MAX_COLS
     nodes = {n.name: n for n in g.nodes}
-    out = Plan()
+    out = ConsumerPlan()
     for node_name, idx, tensor in an.consumer_inputs:
         node = nodes[node_name]
         op = node.op_type
@@ -248,7 +197,7 @@ def _consumer(an: Analysis, node: NodeProto, idx: int, tensor: str, max_cols: in
         init = node.input[1]
         w_shape = g.inits[init].shape
         own = _owner_along(an, tensor, 1)
-        uf = _conv_unfold(node, x_shape, w_shape)
+        uf = conv_unfold(node, x_shape, w_shape)
         if own is None or uf is None:
             return None
         unfold, sig = uf
@@ -319,7 +268,7 @@ def _consumer(an: Analysis, node: NodeProto, idx: int, tensor: str, max_cols: in
         key = ("dense", axis)
     else:
         return None
-    unfold = _dense_unfold(axis)
+    unfold = dense_unfold(axis)
     blocks = _blocks(tensor, key, None, np.arange(len(own)), np.arange(len(own)), own, max_cols)
     return Consumer(node.name, tensor, init, get, put, unfold, blocks, bias, axis % len(x_shape) != 0)
 
@@ -341,7 +290,7 @@ def _hkey(c: Consumer, b: Block) -> tuple:
     return (*b.key, c.bias is not None)
 
 
-def _chunks(p: Plan, budget: int) -> list[list[Consumer]]:
+def _chunks(p: ConsumerPlan, budget: int) -> list[list[Consumer]]:
     """Consumers grouped so that the distinct H of each chunk fit in ``budget`` bytes."""
     chunks: list[list[Consumer]] = [[]]
     used: set[tuple] = set()
@@ -360,12 +309,6 @@ def _chunks(p: Plan, budget: int) -> list[list[Consumer]]:
     return chunks
 
 
-def _source(ctx: ScoreContext, progress: Callable[[float], None] | None = None) -> list[calibration.Batch]:
-    # materialized once: every pass (score chunks, compensation) must see the same samples
-    return calibration.cached(ctx.cache, ctx.analysis.graph, ctx.data, ctx.labels,
-                              ctx.spec.calibration.samples, ctx.spec.seed, progress)
-
-
 def collect(ctx: ScoreContext, consumers: list[Consumer], products: list[Product] = (),
             progress: Callable[[float], None] | None = None) -> tuple[dict[tuple, np.ndarray], np.ndarray]:
     """One pass over the calibration data: H per block key (mean over rows), and the product
@@ -379,7 +322,7 @@ def collect(ctx: ScoreContext, consumers: list[Consumer], products: list[Product
     if not tensors:
         return acc, perr
 
-    n_batches = max(1, len(_source(ctx)))
+    n_batches = max(1, len(ctx.batches()))
     captured = 0  # batches captured so far; a pool covers the last ones
 
     def tick(start: int, width: int, part: float) -> None:
@@ -425,7 +368,7 @@ def collect(ctx: ScoreContext, consumers: list[Consumer], products: list[Product
 
     # Small model batches are pooled (up to POOL samples) so the per-batch work is not overhead.
     pool: list[dict[str, np.ndarray]] = []
-    for batch, vals in calibration.capture(an.graph, tensors, _source(ctx)):
+    for batch, vals in calibration.capture(an.graph, tensors, ctx.batches()):
         pool.append(vals)
         captured += 1
         tick(captured - len(pool), len(pool), 0.0)
@@ -485,8 +428,9 @@ def _weight_matrix(ctx: ScoreContext, c: Consumer, b: Block) -> np.ndarray:
 def prepare(ctx: ScoreContext) -> None:
     # Progress: data-free synthesis (when it runs) 0-10 %, then per chunk its pass over the data
     # and its H inversions; reported at least per batch and per H, so a cancel lands in seconds.
+    # ctx.batches is built here, once: every pass (score chunks, compensation) sees the same samples
     an = ctx.analysis
-    _source(ctx, lambda f: ctx.report(0.1 * f))
+    ctx.batches(lambda f: ctx.report(0.1 * f))
     p = plan(an)
     err = np.zeros(an.n_channels)
     largest = 0
@@ -517,7 +461,7 @@ def prepare(ctx: ScoreContext) -> None:
                           "largest_h_mib": round(largest ** 2 * 8 / 2**20, 3),
                           "consumers": len(p.consumers), "products": len(p.products),
                           "skipped_consumers": p.skipped, "passes": len(chunks),
-                          "samples": sum(calibration.batch_size(b) for b in _source(ctx)),
+                          "samples": sum(calibration.batch_size(b) for b in ctx.batches()),
                           "data": "calibration" if ctx.data is not None else "data-free"}
     if ctx.data is None:
         ctx.cache["stats"]["data_free_inputs"] = ("bn-matched" if calibration.synthesizes(an.graph)
@@ -527,7 +471,7 @@ def prepare(ctx: ScoreContext) -> None:
 def compensate(ctx: ScoreContext, removed: np.ndarray, pruned: ModelProto) -> ModelProto:
     an = ctx.analysis
     state: dict[str, Any] = ctx.cache["obspa"]
-    p: Plan = state["plan"]
+    p: ConsumerPlan = state["plan"]
     hinvs: dict[tuple, np.ndarray] = state["hinv"]
     # A weight read by several consumers (tied weights) cannot be refit for each: leave it.
     uses: dict[str, int] = {}
@@ -546,7 +490,7 @@ def compensate(ctx: ScoreContext, removed: np.ndarray, pruned: ModelProto) -> Mo
         new.update(_refit(ctx, c, hinvs, removed))
         done += 1
     # H that did not fit the cache: one more pass per chunk, dropped after its chunk is refit
-    for chunk in _chunks(Plan(consumers=missing), H_BUDGET) if missing else []:
+    for chunk in _chunks(ConsumerPlan(consumers=missing), H_BUDGET) if missing else []:
         hs, _ = collect(ctx, chunk, progress=lambda f, d=done: ctx.report(d / total))
         local = {k: _damped_inverse(h) for k, h in hs.items()}
         for c in chunk:
@@ -599,10 +543,7 @@ def _write(an: Analysis, removed: np.ndarray, pruned: ModelProto, new: dict[str,
     return m
 
 
-@register("obspa", prepare=prepare, compensate=compensate,
-          doc="OBSPA: Optimal Brain Surgeon error of removing each channel's input columns from every "
-              "consumer (H = X^T X from the original model on calibration or data-free inputs), then "
-              "closed-form least-squares refit of the kept weights (no fine-tuning; data optional)")
+@register("obspa", prepare=prepare, compensate=compensate)
 def obspa(ctx: ScoreContext, grp: Group) -> np.ndarray:
     err = ctx.cache["obspa"]["err"][grp.channels]
     if not err.any():  # no consumer measured these channels (e.g. 3-D conv): fall back to l2

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pruning_core.analysis.groups import Analysis, Group
+from pruning_core.criteria_names import CRITERION_INFO
 from pruning_core.errors import SpecError
 from pruning_core.registry import Registry
+from pruning_core.spec import PruneSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pruning_core.runtime.calibration import Batch
 
 PlaceScores = Callable[["ScoreContext", Group], np.ndarray]
 # (ctx, removed[cid], pruned model) -> compensated model: closed-form refit of consumer weights
@@ -22,14 +27,23 @@ Compensate = Callable[["ScoreContext", np.ndarray, Any], Any]
 @dataclass
 class ScoreContext:
     analysis: Analysis
-    spec: Any  # PruneSpec
-    data: dict[str, np.ndarray] | None = None
-    labels: np.ndarray | None = None
+    spec: PruneSpec
+    data: dict[str, np.ndarray] | None = None       # calibration inputs by model input name
+    class_labels: np.ndarray | None = None          # the .npz's optional "labels", one per sample
     progress: Callable[[float, str | None], None] | None = None
     cache: dict[str, Any] = field(default_factory=dict)
 
     def weight(self, place) -> np.ndarray:
         return self.analysis.graph.inits[place.tensor]
+
+    def batches(self, progress: Callable[[float], None] | None = None) -> list[Batch]:
+        """The calibration batches of this scoring run (``calibration.cached``: built once, the
+        same samples for every pass; data-free inputs without data), ``spec.calibration.samples``
+        of them, seeded by ``spec.seed``. ``progress`` follows data-free synthesis."""
+        from pruning_core.runtime import calibration
+
+        return calibration.cached(self.cache, self.analysis.graph, self.data, self.class_labels,
+                                  self.spec.calibration.samples, self.spec.seed, progress)
 
     def report(self, fraction: float, message: str | None = None) -> None:
         """Progress of the current step. Long loops call it at least every few seconds: it is
@@ -42,7 +56,7 @@ class ScoreContext:
 class Criterion:
     name: str
     fn: PlaceScores
-    needs_data: bool = False
+    needs_data: bool = False  # from criteria_names, like doc
     doc: str = ""
     # whole-model criteria (one pass for all groups) set prepare: called once before fn
     prepare: Callable[[ScoreContext], None] | None = None
@@ -56,12 +70,17 @@ class Criterion:
 CRITERIA: Registry[Criterion] = Registry("criterion")
 
 
-def register(name: str, *, needs_data: bool = False, doc: str = "",
-             prepare: Callable[[ScoreContext], None] | None = None,
+def register(name: str, *, prepare: Callable[[ScoreContext], None] | None = None,
              compensate: Compensate | None = None,
              normalizer: str | None = None) -> Callable[[PlaceScores], PlaceScores]:
+    """Decorator registering a place-score function under ``name``, which must be listed in
+    ``criteria_names`` (the one place of its description and whether it needs data)."""
+    if name not in CRITERION_INFO:
+        raise ValueError(f"criterion {name!r} is not listed in pruning_core.criteria_names")
+    info = CRITERION_INFO[name]
+
     def deco(fn: PlaceScores) -> PlaceScores:
-        CRITERIA[name] = Criterion(name, fn, needs_data, doc, prepare, compensate, normalizer)
+        CRITERIA[name] = Criterion(name, fn, info.needs_data, info.doc, prepare, compensate, normalizer)
         return fn
 
     return deco

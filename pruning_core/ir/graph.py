@@ -66,9 +66,6 @@ class Graph:
                 if name:
                     self.consumers.setdefault(name, []).append((node, i))
 
-    def is_const(self, name: str) -> bool:
-        return name in self.inits
-
     def shape(self, name: str) -> tuple[int, ...]:
         if name in self.inits:
             return tuple(self.inits[name].shape)

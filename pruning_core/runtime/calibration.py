@@ -42,7 +42,7 @@ SYNTH_LR = 0.1       # in the model's normalized input space (unit scale)
 @dataclass
 class Batch:
     feeds: dict[str, np.ndarray]
-    labels: np.ndarray | None = None
+    class_labels: np.ndarray | None = None
 
 
 def batch_size(b: Batch) -> int:
@@ -58,7 +58,7 @@ def model_batch(g: Graph) -> int:
     return 1
 
 
-def batches(g: Graph, data: dict[str, np.ndarray] | None = None, labels: np.ndarray | None = None,
+def batches(g: Graph, data: dict[str, np.ndarray] | None = None, class_labels: np.ndarray | None = None,
             samples: int = 128, seed: int = 0,
             progress: Callable[[float], None] | None = None) -> Iterator[Batch]:
     """Up to ``samples`` samples in batches of the model's batch size.
@@ -86,15 +86,15 @@ def batches(g: Graph, data: dict[str, np.ndarray] | None = None, labels: np.ndar
     for start in range(0, n, bsz):
         idx = np.arange(start, start + bsz) % n
         yield Batch({k: np.ascontiguousarray(data[k][idx]) for k in g.inputs},
-                    None if labels is None else labels[idx])
+                    None if class_labels is None else class_labels[idx])
 
 
-def cached(cache: dict, g: Graph, data: dict[str, np.ndarray] | None, labels: np.ndarray | None,
+def cached(cache: dict, g: Graph, data: dict[str, np.ndarray] | None, class_labels: np.ndarray | None,
            samples: int, seed: int, progress: Callable[[float], None] | None = None) -> list[Batch]:
     """``batches`` materialized once per scoring run (``ScoreContext.cache``): every pass of a
     criterion sees the same samples, and data-free synthesis runs once."""
     if "calib_batches" not in cache:
-        cache["calib_batches"] = list(batches(g, data, labels, samples, seed, progress))
+        cache["calib_batches"] = list(batches(g, data, class_labels, samples, seed, progress))
     return cache["calib_batches"]
 
 

@@ -22,12 +22,12 @@ criteria and gate training must see the function the ONNX model computes.
 Shapes are computed at run time (Shape/Gather/Concat chains execute like any op), so dynamic axes
 such as the batch size stay dynamic; ``If`` picks its branch from the condition's value at run
 time. Unsupported ops (Loop, Scan, other domains...) are reported when the twin is built.
-The op implementations live in :mod:`pruning_core.twin.ops`.
+The op implementations live in :mod:`pruning_core.twin.ops`; node checking, ordering and the
+freeing plan in :mod:`pruning_core.twin.schedule`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,21 +41,32 @@ from torch import nn
 
 from pruning_core.errors import DataError, ModelLoadError, UnsupportedOpError
 from pruning_core.twin.ops import (
-    CHECKS,
     OPS,
     Attrs,
-    OpFn,
     decode_attributes,
     tensor_from_proto,
     torch_dtype,
+)
+from pruning_core.twin.schedule import (
+    DEFAULT_DOMAINS,
+    Branch,
+    Step,
+    node_deps,
+    node_label,
+    opset_of,
+    plan_frees,
+    prepare,
+    restore_fns,
+    strip_fns,
+    supported_ops,
+    toposort,
+    unsupported_nodes,
 )
 
 __all__ = ["OnnxTwin", "supported_ops", "unsupported_nodes"]
 
 Tensor = torch.Tensor
 Gate = Tensor | Callable[[Tensor], Tensor]
-
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 # Input slots whose values are never differentiated through: an initializer used only here is a
 # constant (shape, index, statistic), not a weight, so it becomes a buffer rather than a Parameter.
@@ -112,154 +123,6 @@ for _r in (
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-@dataclasses.dataclass
-class _Step:
-    """One node, resolved once at construction."""
-
-    fn: OpFn | None
-    attrs: Attrs
-    inputs: tuple[str, ...]  # "" for an absent optional input
-    outputs: tuple[str, ...]
-    free: tuple[str, ...] = ()  # values whose last consumer is this step (freed after it)
-    deps: tuple[str, ...] = ()  # inputs plus outer-scope names its subgraphs read (If)
-    branches: tuple[_Branch, _Branch] | None = None  # If: (then, else)
-
-
-@dataclasses.dataclass
-class _Branch:
-    """A compiled If branch: runs in a copy of the outer environment."""
-
-    steps: list[_Step]
-    outputs: tuple[str, ...]
-    consts: dict[str, str]  # subgraph initializer name -> buffer attribute
-
-
-def supported_ops() -> frozenset[str]:
-    """The ONNX op types (default domain) the twin can run."""
-    return frozenset(OPS)
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in _DEFAULT_DOMAINS:
-            return int(imp.version)
-    return 1
-
-
-def unsupported_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
-    """``{op type: [node names]}`` for every node the twin cannot run (empty when it can run all)."""
-    model = _prepare(model)
-    bad: dict[str, list[str]] = {}
-    _collect_unsupported(model.graph, _opset(model), bad)
-    return bad
-
-
-def _collect_unsupported(graph: onnx.GraphProto, opset: int, bad: dict[str, list[str]]) -> None:
-    for i, node in enumerate(graph.node):
-        label = _label(node, i)
-        if node.op_type == "If" and node.domain in _DEFAULT_DOMAINS:
-            for at in node.attribute:
-                if at.type == onnx.AttributeProto.GRAPH:
-                    _collect_unsupported(at.g, opset, bad)
-        if node.domain not in _DEFAULT_DOMAINS:
-            bad.setdefault(f"{node.domain}::{node.op_type}", []).append(label)
-            continue
-        if node.op_type not in OPS:
-            bad.setdefault(node.op_type, []).append(label)
-            continue
-        checker = CHECKS.get(node.op_type)
-        if checker is not None:
-            attrs = Attrs(
-                decode_attributes(node),
-                op_type=node.op_type,
-                opset=opset,
-                num_outputs=len(node.output),
-                node_name=label,
-            )
-            reason = checker(attrs)
-            if reason:
-                bad.setdefault(f"{node.op_type} [{reason}]", []).append(label)
-
-
-def _label(node: onnx.NodeProto, index: int) -> str:
-    """A node's name for messages; unnamed nodes are named by op type and graph position."""
-    return node.name or f"<unnamed {node.op_type} #{index}>"
-
-
-def _prepare(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Inline model-local functions (the dynamo exporter may emit them) so only primitives remain."""
-    if len(model.functions):
-        from onnx import inliner
-
-        model = inliner.inline_local_functions(model)
-    return model
-
-
-def _outer_refs(graph: onnx.GraphProto) -> set[str]:
-    """Names a subgraph reads from enclosing scopes (ONNX subgraphs may use outer values)."""
-    defined = {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    refs: set[str] = set()
-    for node in graph.node:
-        refs.update(n for n in _node_deps(node) if n not in defined)
-        defined.update(node.output)
-    refs.update(o.name for o in graph.output if o.name not in defined)
-    return refs
-
-
-def _node_deps(node: onnx.NodeProto) -> list[str]:
-    deps = [n for n in node.input if n]
-    for at in node.attribute:
-        if at.type == onnx.AttributeProto.GRAPH:
-            deps.extend(sorted(_outer_refs(at.g)))
-    return deps
-
-
-def _toposort(nodes: Sequence[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
-    """Nodes in an executable order (ONNX requires topological order, but not every tool obeys)."""
-    ready = set(available)
-    in_order = True
-    for node in nodes:
-        if not all(n in ready for n in _node_deps(node)):
-            in_order = False
-            break
-        ready.update(node.output)
-    if in_order:
-        return list(nodes)
-    ready = set(available)
-    pending = list(nodes)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(n in ready for n in _node_deps(node)):
-                ordered.append(node)
-                ready.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            missing = sorted({n for node in rest for n in _node_deps(node) if n not in ready})
-            raise ModelLoadError(f"graph has a cycle or undefined inputs: {missing[:10]}")
-        pending = rest
-    return ordered
-
-
-def _plan_frees(steps: list[_Step], keep: set[str], freeable: set[str] | None) -> None:
-    """Set each step's ``free``: values whose last reader it is (unread outputs die at once)."""
-    last_use: dict[str, int] = {}
-    for k, step in enumerate(steps):
-        for name in step.deps:
-            last_use[name] = k
-    for k, step in enumerate(steps):
-        for name in step.outputs:
-            if name and name not in last_use:
-                last_use[name] = k
-    frees: dict[int, list[str]] = {}
-    for name, k in last_use.items():
-        if name not in keep and (freeable is None or name in freeable):
-            frees.setdefault(k, []).append(name)
-    for k, step in enumerate(steps):
-        step.free = tuple(frees.get(k, ()))
-
 
 def _sanitize(name: str) -> str:
     s = re.sub(r"\W", "_", name).strip("_") or "t"
@@ -282,7 +145,7 @@ class OnnxTwin(nn.Module):
         trainable: Callable[[str, np.ndarray], bool] | None = None,
     ) -> None:
         super().__init__()
-        model = _prepare(model)
+        model = prepare(model)
         bad = unsupported_nodes(model)
         if bad:
             listing = "; ".join(
@@ -293,7 +156,7 @@ class OnnxTwin(nn.Module):
             err.ops = dict(bad)  # type: ignore[attr-defined]
             raise err
         graph = model.graph
-        opset = _opset(model)
+        opset = opset_of(model)
         self.opset = opset
 
         init_names = {t.name for t in graph.initializer}
@@ -341,9 +204,9 @@ class OnnxTwin(nn.Module):
         steps_nodes: list[onnx.NodeProto] = []
         # One list of node objects, so that id() keys stay valid (protobuf may re-wrap on access).
         nodes = list(graph.node)
-        labels = {id(node): _label(node, i) for i, node in enumerate(nodes)}
+        labels = {id(node): node_label(node, i) for i, node in enumerate(nodes)}
         for node in nodes:
-            if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS:
+            if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
                 attrs = Attrs(
                     decode_attributes(node),
                     op_type="Constant",
@@ -360,9 +223,9 @@ class OnnxTwin(nn.Module):
                 steps_nodes.append(node)
 
         available = set(self.input_names) | init_names | set(self._const_names)
-        self._steps: list[_Step] = self._compile(steps_nodes, available, opset, labels)
+        self._steps: list[Step] = self._compile(steps_nodes, available, opset, labels)
         # Free intermediate values after their last use: keeps peak memory near onnxruntime's.
-        _plan_frees(self._steps, keep=set(self.output_names), freeable=None)
+        plan_frees(self._steps, keep=set(self.output_names), freeable=None)
 
         self.tensor_names: frozenset[str] = frozenset(
             available | {o for s in self._steps for o in s.outputs if o}
@@ -373,42 +236,42 @@ class OnnxTwin(nn.Module):
 
     def _compile(
         self, nodes: list[onnx.NodeProto], available: set[str], opset: int, labels: dict[int, str]
-    ) -> list[_Step]:
-        steps: list[_Step] = []
+    ) -> list[Step]:
+        steps: list[Step] = []
         ready = set(available)
-        for node in _toposort(nodes, available):
+        for node in toposort(nodes, available):
             attrs = Attrs(
                 decode_attributes(node),
                 op_type=node.op_type,
                 opset=opset,
                 num_outputs=len(node.output),
-                node_name=labels.get(id(node), _label(node, len(steps))),
+                node_name=labels.get(id(node), node_label(node, len(steps))),
             )
             branches = None
             if node.op_type == "If":
                 then_b = self._compile_branch(attrs["then_branch"], ready, opset)
                 else_b = self._compile_branch(attrs["else_branch"], ready, opset)
                 branches = (then_b, else_b)
-            deps = tuple(_node_deps(node))
+            deps = tuple(node_deps(node))
             steps.append(
-                _Step(OPS[node.op_type], attrs, tuple(node.input), tuple(node.output), (), deps, branches)
+                Step(OPS[node.op_type], attrs, tuple(node.input), tuple(node.output), (), deps, branches)
             )
             ready.update(n for n in node.output if n)
         return steps
 
-    def _compile_branch(self, graph: onnx.GraphProto, outer: set[str], opset: int) -> _Branch:
+    def _compile_branch(self, graph: onnx.GraphProto, outer: set[str], opset: int) -> Branch:
         consts: dict[str, str] = {}
         for init in graph.initializer:  # rare; constants of the branch, never trained
             attr = self._unique_attr("branch_" + init.name)
             self.register_buffer(attr, tensor_from_proto(init))
             consts[init.name] = attr
         nodes = list(graph.node)
-        labels = {id(node): _label(node, i) for i, node in enumerate(nodes)}
+        labels = {id(node): node_label(node, i) for i, node in enumerate(nodes)}
         steps = self._compile(nodes, outer | set(consts), opset, labels)
         outputs = tuple(o.name for o in graph.output)
         # Inside a branch only the branch's own values may be freed; outer ones live on.
-        _plan_frees(steps, keep=set(outputs), freeable={n for st in steps for n in st.outputs if n})
-        return _Branch(steps, outputs, consts)
+        plan_frees(steps, keep=set(outputs), freeable={n for st in steps for n in st.outputs if n})
+        return Branch(steps, outputs, consts)
 
     def _unique_attr(self, onnx_name: str) -> str:
         base = _sanitize(onnx_name)
@@ -595,7 +458,7 @@ class OnnxTwin(nn.Module):
         outputs = tuple(env[n] for n in self.output_names)
         return outputs, {n: env[n] for n in capture}
 
-    def _run_steps(self, steps: list[_Step], env: dict[str, Any], keep: set[str], mixed: bool) -> None:
+    def _run_steps(self, steps: list[Step], env: dict[str, Any], keep: set[str], mixed: bool) -> None:
         gates = self._gates
         for step in steps:
             ins: list[Any] = [env[n] if n else None for n in step.inputs]
@@ -618,7 +481,7 @@ class OnnxTwin(nn.Module):
                 if name not in keep:
                     env.pop(name, None)
 
-    def _run_if(self, step: _Step, ins: list[Any], env: dict[str, Any], mixed: bool) -> tuple[Any, ...]:
+    def _run_if(self, step: Step, ins: list[Any], env: dict[str, Any], mixed: bool) -> tuple[Any, ...]:
         assert step.branches is not None
         # The condition is data-dependent control flow: read on the host, like onnxruntime does.
         branch = step.branches[0 if bool(ins[0].reshape(-1)[0]) else 1]
@@ -631,12 +494,12 @@ class OnnxTwin(nn.Module):
     # Op functions include lambdas, which pickle cannot name: drop them and look them up again.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_steps"] = _strip_fns(self._steps)
+        state["_steps"] = strip_fns(self._steps)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        _restore_fns(self._steps)
+        restore_fns(self._steps)
 
     def extra_repr(self) -> str:
         n_params = sum(math.prod(p.shape) for p in self.parameters())
@@ -644,23 +507,6 @@ class OnnxTwin(nn.Module):
             f"inputs={self.input_names}, outputs={self.output_names}, nodes={len(self._steps)}, "
             f"opset={self.opset}, params={n_params}"
         )
-
-
-def _strip_fns(steps: list[_Step]) -> list[_Step]:
-    out = []
-    for s in steps:
-        branches = None
-        if s.branches is not None:
-            branches = tuple(dataclasses.replace(b, steps=_strip_fns(b.steps)) for b in s.branches)
-        out.append(dataclasses.replace(s, fn=None, branches=branches))  # type: ignore[arg-type]
-    return out
-
-
-def _restore_fns(steps: list[_Step]) -> None:
-    for s in steps:
-        s.fn = OPS[s.attrs.op_type]
-        for b in s.branches or ():
-            _restore_fns(b.steps)
 
 
 def _same_device(ins: list[Any]) -> list[Any]:

@@ -15,7 +15,7 @@ from pruning_core.analysis.groups import analyze
 from pruning_core.importance import CRITERIA, ScoreContext, score
 from pruning_core.importance.autobot import GatedTwin, train_gates
 from pruning_core.ir import graph as graph_mod
-from pruning_core.selection import select
+from pruning_core.selection import SelectOptions, select
 from pruning_core.spec import PruneSpec
 from pruning_core.surgery import apply
 from pruning_core.twin.flops import SoftCost
@@ -100,7 +100,7 @@ def test_01_gated_model_equals_pruned_model(mixnet_onnx: Path) -> None:
     spec = PruneSpec.model_validate({"target": {"flops": 0.5}, "criterion": "l1"})
     g = graph_mod.load(mixnet_onnx)
     an = analyze(g)
-    removed = select(an, score(ScoreContext(an, spec)), "flops", 0.5)
+    removed = select(an, score(ScoreContext(an, spec)), SelectOptions("flops", 0.5))
     pruned = apply(an, removed)
     net = GatedTwin(an, np.ones(an.n_channels, dtype=bool))
     net.set_keep(torch.as_tensor(1.0 - removed.astype(np.float32)))

@@ -16,11 +16,11 @@ from onnx import numpy_helper
 
 from pruning_core import api, surgery
 from pruning_core.analysis import groups
-from pruning_core.criteria_names import CRITERIA as NAMES
+from pruning_core.criteria_names import CRITERION_INFO as NAMES
 from pruning_core.importance import CRITERIA, ScoreContext, score
 from pruning_core.ir import graph
 from pruning_core.runtime import calibration
-from pruning_core.selection import select
+from pruning_core.selection import SelectOptions, select
 from pruning_core.spec import PruneSpec
 
 FAST = {"samples": 4}
@@ -213,7 +213,7 @@ def _refit_errors(path: Path, consumer: str, flops: float) -> tuple[float, float
     an = groups.analyze(g)
     spec = PruneSpec(criterion="obspa", target={"flops": flops}, calibration={"samples": 64})
     ctx = ScoreContext(an, spec)
-    removed = select(an, score(ctx), "flops", flops)
+    removed = select(an, score(ctx), SelectOptions("flops", flops))
     plain = surgery.apply(an, removed)
     comp = CRITERIA["obspa"].compensate(ctx, removed, plain)
     node = next(n for n in g.nodes if len(n.input) > 1 and n.input[1] == consumer)

@@ -138,7 +138,7 @@ def test_batches_at_model_batch_size(g: graph.Graph) -> None:
     x = _good(g, 2 * bsz + 1)
     got = list(calibration.batches(g, {"x": x}, np.arange(len(x)), samples=100))
     assert len(got) == 3 and all(b.feeds["x"].shape[0] == bsz for b in got)
-    assert got[0].labels is not None and got[0].labels[0] == 0
+    assert got[0].class_labels is not None and got[0].class_labels[0] == 0
     with pytest.raises(DataError):
         list(calibration.batches(g, {"y": x}))
 

@@ -631,6 +631,18 @@ def test_required_ops_are_supported() -> None:
     assert not set(REQUIRED_OPS) - supported_ops()
 
 
+def test_op_table_refuses_a_second_entry() -> None:
+    # one table filled by the family modules of twin/ops: a name registered twice is an import error
+    from pruning_core.twin.ops import CHECKS, OPS
+
+    with pytest.raises(ValueError, match="twin op 'Relu' is registered twice"):
+        OPS["Relu"] = OPS["Relu"]
+    with pytest.raises(ValueError, match="twin op 'Conv' is registered twice"):
+        OPS.register("Conv")(OPS["Conv"])
+    with pytest.raises(ValueError, match="twin op check 'MaxPool' is registered twice"):
+        CHECKS.update({"MaxPool": CHECKS["MaxPool"]})
+
+
 def test_unsupported_attribute_combination_is_reported() -> None:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])
     node = helper.make_node(

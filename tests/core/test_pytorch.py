@@ -404,3 +404,12 @@ def test_client_import_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["apply_plan", "True"]
+
+
+def test_failure_reasons_are_the_message_not_the_exception_class() -> None:
+    # a user reads these in a job's error: the first line of what went wrong, no Python class names
+    from pruning_core.frontends.pytorch.load import first_line
+
+    assert first_line(RuntimeError("  shape mismatch in aten::view\n  at frame 3\n")) == "shape mismatch in aten::view"
+    assert first_line(ValueError("")) == "no reason given"
+    assert len(first_line(RuntimeError("x" * 1000))) == 300

@@ -1,4 +1,4 @@
-"""Recovery by distillation (pruning_core/recover.py) on a tiny CNN trained on scikit-learn digits."""
+"""Recovery by distillation (pruning_core/training/recovery.py) on a tiny CNN trained on scikit-learn digits."""
 
 from __future__ import annotations
 
@@ -111,21 +111,21 @@ def test_recovery_raises_heldout_accuracy_of_l1_pruned_model(tmp_path: Path) -> 
 
 
 def test_recovery_data_free_keeps_graph_and_finite_weights(tmp_path: Path) -> None:
-    from pruning_core import recover
     from pruning_core.analysis.groups import analyze
     from pruning_core.importance import ScoreContext, score
     from pruning_core.ir import graph as graph_mod
-    from pruning_core.selection import select
+    from pruning_core.selection import SelectOptions, select
     from pruning_core.surgery import apply
+    from pruning_core.training.recovery import recover
 
     path, *_ = digits_model()
     spec = PruneSpec.model_validate({"target": {"flops": 0.5}, "input_shapes": {"x": [4, 1, 8, 8]},
                                      "recover": {"steps": 5, "lr": 1e-3, "batch_size": 8}})
     g = graph_mod.load(path, spec.input_shapes)
     an = analyze(g)
-    removed = select(an, score(ScoreContext(an, spec)), "flops", 0.5)
+    removed = select(an, score(ScoreContext(an, spec)), SelectOptions("flops", 0.5))
     pruned = apply(an, removed)
-    out = recover.recover(g.full_model(), pruned, spec, None, None)
+    out = recover(g.full_model(), pruned, spec, None, None)
     assert [n.op_type for n in out.graph.node] == [n.op_type for n in pruned.graph.node]
     onnx.checker.check_model(out, full_check=True)
     sess = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -150,7 +150,7 @@ def test_fixed_batch_graph_trains_on_stacked_batches(attn_onnx: Path) -> None:
     # exported at batch 1, reshape targets folded to [1, 6, 4, 8]: a bigger batch cannot run in
     # one pass, so batches are cut into model batches and run vectorized (vmap), same outputs
     from pruning_core.ir import graph as graph_mod
-    from pruning_core.recover import Source, to_torch
+    from pruning_core.training import BatchSource, to_torch
     from pruning_core.twin.executor import OnnxTwin
 
     g = graph_mod.load(attn_onnx)
@@ -160,7 +160,7 @@ def test_fixed_batch_graph_trains_on_stacked_batches(attn_onnx: Path) -> None:
         return twin(**f)
 
     cpu = torch.device("cpu")
-    src = Source(g, None, None, seed=0)
+    src = BatchSource(g, None, None, seed=0)
     assert src.probe([run], cpu) == "vmap"
     chunks = src.draw(6, np.random.default_rng(0))
     assert len(chunks) == 6

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pruning_core.analysis.rules import RULES
-from pruning_core.criteria_names import CRITERIA as NAMES
+from pruning_core.criteria_names import CRITERION_INFO as NAMES
 from pruning_core.importance import CRITERIA
 
 
@@ -11,7 +11,15 @@ def test_criteria_names_match_registry() -> None:
     # the API validates specs with names.CRITERIA (no torch there); the registry must agree
     assert set(NAMES) == set(CRITERIA)
     for name, crit in CRITERIA.items():
-        assert crit.needs_data == NAMES[name][0]
+        # one description per criterion: the registry takes it from criteria_names
+        assert (crit.needs_data, crit.doc) == NAMES[name] and crit.doc
+
+
+def test_register_refuses_unlisted_names() -> None:
+    from pruning_core.importance import register
+
+    with pytest.raises(ValueError, match="not listed in pruning_core.criteria_names"):
+        register("not_a_criterion")
 
 
 def test_rule_table_covers_the_issue_ops() -> None:

@@ -95,7 +95,7 @@ def test_flops_and_params_targets_within_two_percent(zoo_onnx: Callable[[str, st
     from pruning_core.analysis.groups import analyze
     from pruning_core.importance import ScoreContext, score
     from pruning_core.ir import graph
-    from pruning_core.selection import _measure, candidates, select
+    from pruning_core.selection import SelectOptions, _measure, candidates, select
     from pruning_core.spec import PruneSpec
 
     an = analyze(graph.load(_export(zoo_onnx, name, "dynamo")))
@@ -105,7 +105,7 @@ def test_flops_and_params_targets_within_two_percent(zoo_onnx: Callable[[str, st
         measure = _measure(an, kind, [g for g in candidates(an, []) if g.id in scores])
         for scope in ("global", "local"):
             for value in (0.2, 0.5):
-                got = measure(select(an, scores, kind, value, scope))
+                got = measure(select(an, scores, SelectOptions(kind, value, scope)))
                 if abs(got - value) > 0.02 * value:
                     missed.append((kind, scope, value, round(got, 4)))
     assert not missed

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from app.config import Settings
+from app.core.config import Settings
 
 REDIS_URL = os.environ.get("SPA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_URL = os.environ.get("SPA_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -34,7 +34,7 @@ RUN = uuid.uuid4().hex[:8]
 for _var in [v for v in os.environ if v.startswith("SPA_") and not v.startswith("SPA_TEST_")]:
     del os.environ[_var]
 
-# Fast recovery timings for the tests; production defaults are in app/config.py.
+# Fast recovery timings for the tests; production defaults are in app/core/config.py.
 FAST = {
     "heartbeat_interval_s": 0.5,
     "heartbeat_stale_s": 3.0,
@@ -79,8 +79,8 @@ def _pg_admin_url() -> str:
     params=[pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis]), "sqlite"],
 )
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    from app.db.migrate import upgrade
-    from app.db.session import get_engine
+    from app.core.db.migrate import upgrade
+    from app.core.db.session import get_engine
 
     data_dir = tmp_path_factory.mktemp(f"spa-{request.param}")
     common = {"data_dir": data_dir, "queue_cpu": f"spa-t{RUN}-cpu", "queue_gpu": f"spa-t{RUN}-gpu", **FAST}
@@ -124,7 +124,7 @@ def fresh_database(kind: str, directory: Path) -> Iterator[str]:
     try:
         yield sa.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     finally:
-        from app.db.session import get_engine
+        from app.core.db.session import get_engine
 
         get_engine.cache_clear()
         with admin.connect() as c:
@@ -135,7 +135,7 @@ def fresh_database(kind: str, directory: Path) -> Iterator[str]:
 @pytest.fixture
 def private_settings(backend: Backend, tmp_path: Path) -> Iterator[Settings]:
     """Settings on a database of its own: no live worker's sweeper touches its jobs."""
-    from app.db.migrate import upgrade
+    from app.core.db.migrate import upgrade
 
     with fresh_database(backend.name, tmp_path) as url:
         upgrade(url)
@@ -152,7 +152,7 @@ def settings(backend: Backend) -> Settings:
 def make_client(settings: Settings, client_addr: tuple[str, int] = ("testclient", 50000)) -> Any:
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
+    from app.api.main import create_app
 
     return TestClient(create_app(settings), client=client_addr)
 
@@ -166,8 +166,8 @@ def api(settings: Settings) -> Iterator[Any]:
 @pytest.fixture
 def new_key(backend: Backend) -> Callable[[str], dict[str, str]]:
     """Create an API key (a tenant); returns the auth header."""
-    from app.apikeys import create_key
-    from app.db.session import session_scope
+    from app.core.apikeys import create_key
+    from app.core.db.session import session_scope
 
     def make(name: str = "tester") -> dict[str, str]:
         with session_scope(backend.base.database_url) as session:
@@ -317,7 +317,7 @@ def free_port() -> int:
 def live_server(live_worker: tuple[Settings, WorkerProc]) -> Iterator[str]:
     import uvicorn
 
-    from app.main import create_app
+    from app.api.main import create_app
 
     settings, _ = live_worker
     port = free_port()

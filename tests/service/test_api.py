@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from app.config import Settings
-from app.db.models import Dataset, Job, JobEvent, Model
-from app.db.session import session_scope
+from app.core.config import Settings
+from app.core.db.models import Dataset, Job, JobEvent, Model
+from app.core.db.session import session_scope
 from tests.service.conftest import make_client, problem, upload
 
 SPEC = {"target": {"flops": 0.5}, "criterion": "l1"}

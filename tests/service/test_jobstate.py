@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from app import jobstate
-from app.config import Settings
-from app.db.models import Job, Model, utcnow
-from app.db.session import session_scope
+from app.core import jobstate
+from app.core.config import Settings
+from app.core.db.models import Job, Model, utcnow
+from app.core.db.session import session_scope
 
 
 def _job(settings: Settings) -> str:

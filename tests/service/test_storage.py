@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from app.config import Settings
-from app.storage import BlobStore, LocalStore, S3Store, StagedFile, TooLarge, blob_key, make_store
+from app.core.config import Settings
+from app.core.storage import BlobStore, LocalStore, S3Store, StagedFile, TooLarge, blob_key, make_store
 from tests.service.conftest import free_port, make_client, problem, upload
 
 

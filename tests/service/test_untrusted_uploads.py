@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.config import Settings
+from app.core.config import Settings
 from tests.service.conftest import Backend, make_client, problem, upload, wait_model
 from tests.untrusted import malicious_pt2, malicious_torchscript, save_program
 

@@ -8,14 +8,14 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 import yaml
 
-from app.config import Settings
+from app.core.config import Settings
 from tests.service.conftest import ROOT, RUN, Backend, WorkerProc, fresh_database
+from tests.service.test_layers import names, requirements
 
 HEAVY = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx_ir")
 
@@ -24,10 +24,10 @@ HEAVY = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx_ir")
 def test_api_process_never_imports_torch_or_onnx(stage: str) -> None:
     """Importing the app, and validating a job body the way POST /v1/jobs does, loads no torch/onnx."""
     code = (
-        "import sys, app.main\n"
-        "app.main.app.openapi()\n"
+        "import sys, app.api.main\n"
+        "app.api.main.app.openapi()\n"
         "if sys.argv[1] == 'validate-a-job':\n"
-        "    from app.schemas import JobCreate\n"
+        "    from app.api.schemas import JobCreate\n"
         "    JobCreate.model_validate({'model_id': 'x', 'spec': {'target': {'flops': 0.5}, 'criterion': 'l1'}})\n"
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m in ('worker.tasks', 'pruning_core.api'))\n"
         "assert not bad, bad[:10]\n"
@@ -42,8 +42,8 @@ def test_migrations_match_models(backend: Backend) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from app.db.models import Base
-    from app.db.session import get_engine
+    from app.core.db.models import Base
+    from app.core.db.session import get_engine
 
     with get_engine(backend.base.database_url).connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
@@ -58,7 +58,7 @@ def test_migrations_match_models(backend: Backend) -> None:
 def test_migrations_up_down_up(kind: str, tmp_path: Path) -> None:
     from alembic import command
 
-    from app.db.migrate import alembic_config
+    from app.core.db.migrate import alembic_config
 
     with fresh_database(kind, tmp_path) as url:
         cfg = alembic_config(url)
@@ -75,7 +75,7 @@ def test_migrations_up_down_up(kind: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_celery_ping_through_redis(backend: Backend, tmp_path: Path) -> None:
-    from worker.celery_app import make_celery
+    from app.core.queue import make_celery
 
     settings = backend.settings(f"ping{RUN}")
     assert settings.broker_url.startswith("redis://")
@@ -97,7 +97,7 @@ def test_settings_guard_time_limits() -> None:
 
 
 def test_celery_config() -> None:
-    from worker.celery_app import make_celery
+    from app.core.queue import make_celery
 
     s = Settings(
         broker_url="redis://127.0.0.1:6379/0",
@@ -118,30 +118,29 @@ def test_celery_config() -> None:
 # -- deployment files ----------------------------------------------------------------------------
 
 
-def _pyproject() -> dict[str, Any]:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())
-
-
-def _check_command(cmd: list[str]) -> None:
-    """The command a container runs exists in the package and parses."""
-    project = _pyproject()["project"]
-    server_deps = " ".join(project["optional-dependencies"]["server"])
+def _check_command(cmd: list[str], target: str) -> None:
+    """The command a container of the image ``target`` (a Dockerfile stage named after the extra it
+    installs) runs exists in the package, parses, and has its dependencies in that extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    installed = names(requirements(target))
     exe = cmd[0]
     if exe == "spa":
         assert project["scripts"]["spa"] == "client.cli:main"
         from client.cli import build_parser
 
-        build_parser().parse_args(cmd[1:])  # SystemExit on an unknown command
+        args = build_parser().parse_args(cmd[1:])  # SystemExit on an unknown command
+        if args.command in ("db", "admin"):
+            assert {"sqlalchemy", "alembic", "pydantic-settings"} <= installed
     elif exe == "uvicorn":
-        assert "uvicorn" in server_deps
+        assert "uvicorn" in installed
         module, _, attr = cmd[1].partition(":")
         assert hasattr(importlib.import_module(module), attr)
     elif exe == "celery":
-        assert "celery" in server_deps
-        target = cmd[cmd.index("-A") + 1]
+        assert "celery" in installed and {"torch", "onnx", "onnxruntime"} <= installed
+        target_module = cmd[cmd.index("-A") + 1]
         from celery import Celery
 
-        assert isinstance(importlib.import_module(target).app, Celery)
+        assert isinstance(importlib.import_module(target_module).app, Celery)
         assert cmd[cmd.index("-A") + 2] == "worker"
         queues = set(cmd[cmd.index("-Q") + 1].split(","))
         defaults = Settings()
@@ -157,19 +156,38 @@ def test_compose_runs_only_package_commands() -> None:
     assert services["gpu-worker"]["profiles"] == ["gpu"]
     ours = {name: s for name, s in services.items() if "build" in s}
     assert {"api", "worker", "gpu-worker", "migrate"} <= set(ours)
+    targets = {name: s["build"]["target"] for name, s in ours.items()}
+    assert targets == {"api": "api", "migrate": "api", "worker": "worker", "gpu-worker": "worker"}
     fields = set(Settings.model_fields)
     for name, service in ours.items():
-        _check_command(service["command"])
+        _check_command(service["command"], targets[name])
         for var in service["environment"]:
             if var.startswith("SPA_"):
                 assert var[4:].lower() in fields, f"{name}: {var} is no setting"
     assert services["gpu-worker"]["command"][services["gpu-worker"]["command"].index("-Q") + 1] == "gpu"
 
 
-def test_dockerfile_cmd_and_install() -> None:
-    text = (ROOT / "Dockerfile").read_text()
-    assert "pip install '.[server]'" in text and "torch==${TORCH_VERSION}" in text
-    cmd_line = next(line for line in text.splitlines() if line.startswith("CMD "))
-    _check_command(yaml.safe_load(cmd_line[4:]))
+def _dockerfile_stages() -> dict[str, str]:
+    """Stage name -> its lines (``FROM ... AS name`` up to the next FROM)."""
+    stages: dict[str, str] = {}
+    name = None
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("FROM "):
+            name = line.split()[-1] if " AS " in line else line.split()[1]
+            stages[name] = ""
+        elif name is not None:
+            stages[name] += line + "\n"
+    return stages
+
+
+def test_dockerfile_targets_install_their_extra() -> None:
+    stages = _dockerfile_stages()
+    assert {"api", "worker", "source"} <= set(stages)
+    assert "pip install '.[api]'" in stages["api"] and "torch" not in stages["api"].replace("no torch", "")
+    assert "pip install '.[worker]'" in stages["worker"] and "torch==${TORCH_VERSION}" in stages["worker"]
+    for target in ("api", "worker"):
+        assert "COPY --from=source " in stages[target]
+        cmd_line = next(line for line in stages[target].splitlines() if line.startswith("CMD "))
+        _check_command(yaml.safe_load(cmd_line[4:]), target)
     for copied in ("pruning_core", "app", "worker", "client", "migrations", "alembic.ini"):
-        assert f"COPY {copied}" in text
+        assert f"COPY {copied} " in stages["source"]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.config import Settings
+from app.core.config import Settings
 from tests.service.conftest import (
     RUN,
     Backend,
@@ -199,9 +199,9 @@ def test_cancel_queued_job_never_runs(
         assert idle.post(f"/v1/jobs/{job['id']}/cancel", headers=auth).json()["state"] == "cancelled"
     # The message reaches a worker after the cancel (as a late delivery would): it must not run.
     with make_client(live_settings) as live:
-        from worker.celery_app import TASK_RUN_JOB
+        from app.core.queue import send_run_job
 
-        live.app.state.celery.send_task(TASK_RUN_JOB, args=[job["id"]], queue=live_settings.queue_cpu)
+        send_run_job(live.app.state.celery, job["id"], live_settings.queue_cpu)
         wait_for(
             lambda: any(
                 "not run" in (e["message"] or "")

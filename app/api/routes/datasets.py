@@ -5,20 +5,19 @@ from __future__ import annotations
 from typing import Annotated
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Path, Query, Request, Response
-from sqlalchemy.exc import IntegrityError
+from fastapi import APIRouter, Path, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.config import Settings
-from app.db.models import Dataset, Model
-from app.deps import OwnerDep, SessionDep, SettingsDep, StoreDep
-from app.errors import ProblemError, not_found, problems
-from app.npz import BadNpz, check_names, read_npz_header
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
-from app.schemas import DatasetOut, Page
-from app.storage import BlobStore
-from app.uploads import Upload, find_or_publish, multipart_openapi, receive_upload
+from app.api.deps import OwnerDep, SessionDep, SettingsDep, StoreDep
+from app.api.errors import ProblemError, not_found, problems
+from app.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, paginate
+from app.api.schemas import DatasetOut, Page
+from app.api.uploads import Upload, commit_new, find_or_publish, multipart_openapi, receive_upload
+from app.core.config import Settings
+from app.core.db.models import Dataset, Model
+from app.core.npz import BadNpz, check_names, read_npz_header
+from app.core.storage import BlobStore
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -66,24 +65,16 @@ def _register_dataset(
                 check_names(arrays, model.summary)
         except BadNpz as e:
             raise ProblemError(422, str(e), title="Invalid dataset") from e
-        existing = find_or_publish(session, Dataset, owner, upload, store)
-        if existing is not None:
-            response.status_code = 200
+        if (existing := find_or_publish(session, Dataset, owner, upload, store, response)) is not None:
             return existing
     finally:
         upload.staged.discard()
     dataset = Dataset(
         owner_id=owner, sha256=upload.sha256, size=upload.size, filename=upload.filename[:255], arrays=arrays
     )
-    session.add(dataset)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        response.status_code = 200
-        return session.execute(
-            sa.select(Dataset).where(Dataset.owner_id == owner, Dataset.sha256 == upload.sha256)
-        ).scalar_one()
+    dataset, created = commit_new(session, dataset, response)
+    if not created:
+        return dataset
     response.headers["Location"] = f"/v1/datasets/{dataset.id}"
     return dataset
 
@@ -94,8 +85,8 @@ def _register_dataset(
 def list_datasets(
     session: SessionDep,
     owner: OwnerDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
 ) -> dict:
     items, next_cursor = paginate(
         session, sa.select(Dataset).where(Dataset.owner_id == owner), Dataset, limit, cursor

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.errors import PROBLEM_MEDIA_TYPE, problems
+from app.api.errors import PROBLEM_MEDIA_TYPE, problems
 
 router = APIRouter(tags=["health"])
 

@@ -14,14 +14,14 @@ from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 
-from app import jobstate
-from app.db.models import Dataset, Job, JobEvent, Model
-from app.deps import OwnerDep, SenderDep, SessionDep, SettingsDep, StoreDep
-from app.errors import ProblemError, not_found, problems
-from app.npz import BadNpz, check_names
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
-from app.schemas import CancelOut, EventList, EventOut, JobCreate, JobOut, Page
-from worker.celery_app import TASK_RUN_JOB
+from app.api.deps import OwnerDep, SenderDep, SessionDep, SettingsDep, StoreDep
+from app.api.errors import ProblemError, not_found, problems
+from app.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, paginate
+from app.api.schemas import CancelOut, EventList, EventOut, JobCreate, JobOut, Page
+from app.core import jobstate
+from app.core.db.models import Dataset, Job, JobEvent, Model
+from app.core.npz import BadNpz, check_names
+from app.core.queue import send_run_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -34,24 +34,9 @@ def job_out(job: Job) -> JobOut:
         {"name": name, "size": a["size"], "sha256": a["sha256"], "url": f"/v1/jobs/{job.id}/artifacts/{name}"}
         for name, a in sorted((job.artifacts or {}).items())
     ]
-    return JobOut(
-        id=job.id,
-        model_id=job.model_id,
-        dataset_id=job.dataset_id,
-        state=job.state,
-        stage=job.stage,
-        progress=job.progress,
-        attempts=job.attempts,
-        queue=job.queue,
-        spec=job.spec,
-        summary=job.summary,
-        artifacts=artifacts,  # type: ignore[arg-type]
-        error=job.error,
-        error_code=job.error_code,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-    )
+    # every other field is the row's attribute of the same name
+    fields = {name: getattr(job, name) for name in JobOut.model_fields if name != "artifacts"}
+    return JobOut(**fields, artifacts=artifacts)  # type: ignore[arg-type]
 
 
 def _owned_job(session: SessionDep, owner: str, job_id: str) -> Job:
@@ -147,7 +132,7 @@ def create_job(
         ).scalar_one()
         return _replay(prior, request_hash, response)
     try:
-        sender.send_task(TASK_RUN_JOB, args=[job.id], queue=queue)
+        send_run_job(sender, job.id, queue)
     except Exception as e:
         # Nothing half-written: a job that can never run must not stay behind as "queued".
         jobstate.delete_unsent(session, job.id)
@@ -164,8 +149,8 @@ def create_job(
 def list_jobs(
     session: SessionDep,
     owner: OwnerDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
     state: Annotated[
         str | None, Query(pattern=r"^(queued|running|cancelling|succeeded|failed|cancelled)$")
     ] = None,

@@ -12,21 +12,20 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Path, Query, Request, Response
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.blobs import release_if_unused
-from app.config import Settings
-from app.db.models import Model
-from app.deps import OwnerDep, SenderDep, SessionDep, SettingsDep, StoreDep
-from app.errors import ProblemError, not_found, problems
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
-from app.schemas import GroupsOut, ModelOut, Page
-from app.storage import BlobStore, StagedFile
-from app.uploads import Upload, find_or_publish, multipart_openapi, receive_upload
+from app.api.deps import OwnerDep, SenderDep, SessionDep, SettingsDep, StoreDep
+from app.api.errors import ProblemError, not_found, problems
+from app.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, paginate
+from app.api.schemas import GroupsOut, ModelOut, Page
+from app.api.uploads import Upload, commit_new, find_or_publish, multipart_openapi, receive_upload
+from app.core.blobs import release_if_unused
+from app.core.config import Settings
+from app.core.db.models import Model
+from app.core.queue import send_validate_model
+from app.core.storage import BlobStore, StagedFile
 from pruning_core.frontends.zipsafe import UnsafeZip, check_zip
-from worker.celery_app import TASK_VALIDATE_MODEL
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -109,9 +108,7 @@ def _register_model(
         if fmt == "pt2" and not settings.pytorch_uploads_allowed:
             raise ProblemError(403, "PyTorch (.pt2) uploads are disabled on this server (SPA_ALLOW_PYTORCH_UPLOADS)")
         sniff_model(upload.staged, fmt, settings.max_unpacked_bytes, settings.max_zip_ratio)
-        existing = find_or_publish(session, Model, owner, upload, store)
-        if existing is not None:
-            response.status_code = 200
+        if (existing := find_or_publish(session, Model, owner, upload, store, response)) is not None:
             return existing
     finally:
         upload.staged.discard()
@@ -122,17 +119,11 @@ def _register_model(
         filename=upload.filename[:255] or "model",
         format=fmt,
     )
-    session.add(model)
+    model, created = commit_new(session, model, response)
+    if not created:
+        return model
     try:
-        session.commit()
-    except IntegrityError:  # the same bytes raced in from a parallel upload of this owner
-        session.rollback()
-        response.status_code = 200
-        return session.execute(
-            sa.select(Model).where(Model.owner_id == owner, Model.sha256 == upload.sha256)
-        ).scalar_one()
-    try:
-        sender.send_task(TASK_VALIDATE_MODEL, args=[model.id], queue=settings.queue_cpu)
+        send_validate_model(sender, model.id, settings.queue_cpu)
     except Exception as e:
         # Nothing half-written: without a validation task the row would stay "validating" forever.
         session.delete(model)
@@ -152,8 +143,8 @@ def _register_model(
 def list_models(
     session: SessionDep,
     owner: OwnerDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
     state: Annotated[str | None, Query(pattern=r"^(validating|ready|invalid)$")] = None,
 ) -> dict:
     stmt = sa.select(Model).where(Model.owner_id == owner)

@@ -15,8 +15,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 JOB_STATES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-FINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
-MODEL_STATES = ("validating", "ready", "invalid")
 
 
 def new_id() -> str:

@@ -30,12 +30,15 @@ def _rewrite_group(sx, node: NodeProto) -> None:
         sx.set_attr(node, helper.make_attribute("group", int(new_group)))
 
 
+def _io(ctx: LabelCtx, node: NodeProto) -> tuple[str, str, str, str, int]:
+    """Input, weight, bias ("" if none), output and the output's rank of a Conv / ConvTranspose."""
+    out = node.output[0]
+    return node.input[0], node.input[1], node.input[2] if len(node.input) > 2 else "", out, ctx.rank(out)
+
+
 @rule("Conv", rewrite=_rewrite_group)
 def conv(ctx: LabelCtx, node: NodeProto) -> None:
-    x, w = node.input[0], node.input[1]
-    bias = node.input[2] if len(node.input) > 2 else ""
-    out = node.output[0]
-    rank = ctx.rank(out)
+    x, w, bias, out, rank = _io(ctx, node)
     if not ctx.is_param(w):
         ctx.block(ctx.lab(x), f"Conv {node.name!r} has a computed weight")
         return
@@ -66,10 +69,7 @@ def conv(ctx: LabelCtx, node: NodeProto) -> None:
 
 @rule("ConvTranspose", rewrite=_rewrite_group)
 def conv_transpose(ctx: LabelCtx, node: NodeProto) -> None:
-    x, w = node.input[0], node.input[1]
-    bias = node.input[2] if len(node.input) > 2 else ""
-    out = node.output[0]
-    rank = ctx.rank(out)
+    x, w, bias, out, rank = _io(ctx, node)
     group = int(ctx.attr(node, "group", 1))
     if not ctx.is_param(w) or group != 1:
         ctx.block(ctx.lab(x), f"ConvTranspose {node.name!r} with group={group} or a computed weight")

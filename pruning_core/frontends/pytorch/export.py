@@ -23,6 +23,7 @@ from torch import nn
 from pruning_core.errors import PruneError
 from pruning_core.frontends.pytorch.load import Originals, first_line, map_initializers, quiet
 from pruning_core.plan import InitMapping, OriginalTensor, Plan, build_plan
+from pruning_core.spec import PruneSpec
 from pruning_core.twin.executor import OnnxTwin
 
 TOLERANCE = 1e-4  # pruned.pt2 vs pruned.onnx, relative to the output scale
@@ -199,14 +200,14 @@ def export_program(module: PrunedProgram, args: tuple[torch.Tensor, ...]) -> tor
 class ArtifactWriter:
     """``Source.artifacts``: writes ``plan.json`` and ``pruned.pt2`` for a PyTorch source.
 
-    Both are written for every PyTorch job whatever ``spec.outputs`` says: they are small, and a
-    PyTorch user needs them to use the result in their own code."""
+    Both are written for every PyTorch job: they are small, and a PyTorch user needs them to use the
+    result in their own code."""
 
     def __init__(self, originals: Originals) -> None:
         self.originals = originals
 
     def __call__(
-        self, an: Any, removed: np.ndarray, pruned: onnx.ModelProto, out_dir: Path, spec: Any
+        self, an: Any, removed: np.ndarray, pruned: onnx.ModelProto, out_dir: Path, spec: PruneSpec
     ) -> dict[str, Path]:
         from pruning_core.runtime import data as data_mod
 
@@ -246,7 +247,7 @@ class ArtifactWriter:
         source = {"file": self.originals.file, "kind": "pytorch"}
         plan = build_plan(an, removed, self.originals.tensors, mapping, source=source, unmapped=notes)
 
-        inputs = data_mod.synthetic_inputs(an.graph, seed=getattr(spec, "seed", 0))
+        inputs = data_mod.synthetic_inputs(an.graph, seed=spec.seed)
         module = PrunedProgram(pruned, mapping, self.originals, plan)
         plan.unmapped.extend(module.notes)
         plan_path = plan.save(out_dir / "plan.json")

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pruning_core.twin.ops.common import given, norm_axis, unary
+from pruning_core.twin.ops.common import given, norm_axis, register_unary
 from pruning_core.twin.ops.table import OPS, Attrs, OpFn, Tensor
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -19,8 +19,7 @@ _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "Softsign": F.softsign,
     "Mish": F.mish,
 }
-for _name, _fn in _ACTIVATIONS.items():
-    OPS[_name] = unary(_fn)
+register_unary(_ACTIVATIONS)
 
 
 @OPS.register("Softplus")

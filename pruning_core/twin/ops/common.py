@@ -47,3 +47,11 @@ def torch_pad(pads: Sequence[tuple[int, int]]) -> list[int]:
 def unary(fn: Callable[[Tensor], Tensor]) -> OpFn:
     """The op for a one-input torch function (no attributes)."""
     return lambda a, ins: fn(ins[0])  # type: ignore[arg-type]
+
+
+def register_unary(table: dict[str, Callable[[Tensor], Tensor]]) -> None:
+    """Register a table of one-input torch functions (no attributes) by ONNX op type."""
+    from pruning_core.twin.ops.table import OPS
+
+    for name, fn in table.items():
+        OPS[name] = unary(fn)

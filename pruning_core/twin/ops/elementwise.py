@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from pruning_core.twin.ops.common import unary
+from pruning_core.twin.ops.common import register_unary
 from pruning_core.twin.ops.table import OPS, Attrs, OpFn, OpResult, Tensor
 from pruning_core.twin.ops.tensors import torch_dtype
 
@@ -50,8 +50,7 @@ _UNARY: dict[str, Callable[[Tensor], Tensor]] = {
     "IsNaN": torch.isnan,
     "BitwiseNot": torch.bitwise_not,
 }
-for _name, _fn in _UNARY.items():
-    OPS[_name] = unary(_fn)
+register_unary(_UNARY)
 
 
 _BINARY: dict[str, OpFn] = {

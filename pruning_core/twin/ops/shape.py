@@ -138,12 +138,16 @@ def _slice(a: Attrs, ins: list[Tensor | None]) -> Tensor:
     return y
 
 
-@OPS.register("DepthToSpace")
-def _depth_to_space(a: Attrs, ins: list[Tensor | None]) -> Tensor:
+def _blocks(a: Attrs, ins: list[Tensor | None]) -> tuple[Tensor, int, int, int, int, int]:
     x = ins[0]
     assert x is not None
-    bs = a["blocksize"]
     n, c, h, w = x.shape
+    return x, int(a["blocksize"]), n, c, h, w
+
+
+@OPS.register("DepthToSpace")
+def _depth_to_space(a: Attrs, ins: list[Tensor | None]) -> Tensor:
+    x, bs, n, c, h, w = _blocks(a, ins)
     if a.get("mode", "DCR") == "DCR":
         y = x.reshape(n, bs, bs, c // (bs * bs), h, w).permute(0, 3, 4, 1, 5, 2)
     else:
@@ -153,10 +157,7 @@ def _depth_to_space(a: Attrs, ins: list[Tensor | None]) -> Tensor:
 
 @OPS.register("SpaceToDepth")
 def _space_to_depth(a: Attrs, ins: list[Tensor | None]) -> Tensor:
-    x = ins[0]
-    assert x is not None
-    bs = a["blocksize"]
-    n, c, h, w = x.shape
+    x, bs, n, c, h, w = _blocks(a, ins)
     y = x.reshape(n, c, h // bs, bs, w // bs, bs).permute(0, 3, 5, 1, 2, 4)
     return y.reshape(n, c * bs * bs, h // bs, w // bs)
 
