@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from app.api.bodylimit import SPEC_SLACK, BodyLimit
 from app.api.errors import Problem, install_handlers
-from app.api.metrics import Metrics
+from app.api.prometheus import Metrics
 from app.api.routes import datasets, health, jobs, models
 from app.api.web import pages
 from app.core.config import Settings, get_settings

@@ -19,7 +19,7 @@ from pruning_core.selection import SelectOptions, select
 from pruning_core.spec import PruneSpec
 from pruning_core.surgery import apply
 from pruning_core.twin.flops import SoftCost
-from tests.core.test_recover import accuracy, digits_model
+from tests.core.training.test_recover import accuracy, digits_model
 
 FAST = {"steps": 8, "batch_size": 8}
 
