@@ -31,14 +31,20 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from worker.sandbox_child import RESULT, cpu_message, file_message, looks_like_memory, memory_message
+from worker.sandbox_child import (
+    INTERNAL,
+    RESULT,
+    cpu_message,
+    file_message,
+    looks_like_memory,
+    memory_message,
+)
 
 CHILD = "worker.sandbox_child"
 CODE_OK = re.compile(r"^[a-z_]{1,40}$")
 MAX_RESULT_BYTES = 256 * 1024**2
 MAX_LINE = 64 * 1024
 POLL_INTERVAL_S = 0.5
-_INTERNAL = {"prune": "internal error", "analyze": "internal error while analysing the model"}
 # Variables the child keeps from the worker: where programs are, locale, and how many threads the
 # numeric libraries may use. Nothing else: the worker's environment holds URLs with passwords.
 KEEP_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH",
@@ -326,7 +332,7 @@ def outcome(workdir: Path, op: str, status: int | None, usage: Any, policy: Poli
     how = (f"was killed by {signal.Signals(-status).name}" if status is not None and status < 0
            else f"exited with status {status}")
     last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
-    raise SandboxFailure("internal", f"{_INTERNAL.get(op, 'internal error')}: the sandboxed process {how}"
+    raise SandboxFailure("internal", f"{INTERNAL.get(op, 'internal error')}: the sandboxed process {how}"
                                      + (f" ({last[:300]})" if last else ""))
 
 

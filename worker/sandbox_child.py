@@ -27,7 +27,7 @@ from typing import Any
 
 RESULT = "run/result.json"
 Progress = Callable[[str, float, str | None], None]
-_INTERNAL = {"prune": "internal error", "analyze": "internal error while analysing the model"}
+INTERNAL = {"prune": "internal error", "analyze": "internal error while analysing the model"}
 _UNAVAILABLE = {"prune": "the pruning library is not installed on this worker",
                 "analyze": "model analysis is not available on this worker"}
 # Words with which allocators (glibc, the dynamic loader, torch, onnxruntime) report a refused
@@ -85,7 +85,7 @@ def classify(e: BaseException, op: str, limits: dict[str, int] | None) -> dict[s
         return {"code": "resource_limit", "message": memory_message(limits["memory"])}
     if isinstance(e, ImportError):
         return {"code": "internal", "message": f"{_UNAVAILABLE.get(op, 'internal error')}: {e}"}
-    return {"code": "internal", "message": f"{_INTERNAL.get(op, 'internal error')}: {type(e).__name__}: {e}"}
+    return {"code": "internal", "message": f"{INTERNAL.get(op, 'internal error')}: {type(e).__name__}: {e}"}
 
 
 def execute(request: dict[str, Any], root: Path, progress: Progress | None = None,

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pruning_core.ir import limits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPA_", extra="ignore")
@@ -36,8 +38,8 @@ class Settings(BaseSettings):
     allow_pytorch_uploads: bool | None = None
 
     # Bounded inputs (SECURITY.md): archives, forms and specs are refused before they cost much.
-    max_unpacked_bytes: int = Field(8 * 1024**3, ge=1)  # a zip / npz may unpack to at most this
-    max_zip_ratio: float = Field(100.0, gt=1)  # unpacked / packed; deflate of real weights is ~1.1
+    max_unpacked_bytes: int = Field(limits.DEFAULT_MAX_UNPACKED, ge=1)  # a zip / npz may unpack to at most this
+    max_zip_ratio: float = Field(limits.DEFAULT_MAX_ZIP_RATIO, gt=1)  # unpacked / packed; deflate of real weights is ~1.1
     max_form_fields: int = Field(16, ge=0)  # non-file multipart fields per request
     max_spec_bytes: int = Field(64 * 1024, ge=256)  # a job's spec as JSON
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 
-DEFAULT_MAX_UNPACKED = 8 * 1024**3  # app.core.config.Settings.max_unpacked_bytes
-DEFAULT_MAX_ZIP_RATIO = 100.0  # app.core.config.Settings.max_zip_ratio
+DEFAULT_MAX_UNPACKED = 8 * 1024**3  # also the service default (app.core.config.Settings)
+DEFAULT_MAX_ZIP_RATIO = 100.0  # also the service default
 RATIO_FLOOR = 1024**2  # archives that unpack to less than this are never ratio-checked
 
 
