@@ -42,6 +42,11 @@ class Graph:
     original_inits: set[str] = field(default_factory=set)
     producer: dict[str, NodeProto] = field(default_factory=dict)
     consumers: dict[str, list[tuple[NodeProto, int]]] = field(default_factory=dict)
+    # The model as read, before its dynamic input dims were fixed (stubs; the arrays are the
+    # ones read): ir.signature normalizes it again at other sizes to give the saved result the
+    # original's signature back. None for a graph built by hand.
+    unfixed: ModelProto | None = None
+    unfixed_arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     def light(self) -> weights.LightModel:
         return weights.LightModel(self.model, self.inits)
@@ -77,8 +82,10 @@ class Graph:
 # ----------------------------------------------------------------------------------- loading
 
 
-def load(model: str | os.PathLike[str] | ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Graph:
-    """Read (if a path) and normalize a model. ``input_shapes`` fixes dynamic input dims."""
+def load(model: str | os.PathLike[str] | ModelProto, input_shapes: dict[str, list[int]] | None = None,
+         batch: int | None = None) -> Graph:
+    """Read (if a path) and normalize a model. ``input_shapes`` fixes dynamic input dims; a dynamic
+    batch axis not named there gets ``batch`` (``spec.runtime.batch``; 1 when None)."""
     path = None
     arrays: dict[str, np.ndarray] = {}
     if isinstance(model, ModelProto):
@@ -109,7 +116,28 @@ def load(model: str | os.PathLike[str] | ModelProto, input_shapes: dict[str, lis
     weights.strip(m, arrays)
     _unshare_vectors(m, arrays)
     original |= {t.name for t in m.graph.initializer}
-    _fix_input_shapes(m, input_shapes or {})
+    unfixed = ModelProto()
+    unfixed.CopyFrom(m)  # light: stubs only
+    _fix_input_shapes(m, input_shapes or {}, batch)
+    g = _normalize(m, path, arrays, opset, original)
+    g.unfixed, g.unfixed_arrays = unfixed, arrays
+    return g
+
+
+def reload(g: Graph, input_shapes: dict[str, list[int]]) -> Graph:
+    """``g``'s model normalized again from the file's form, with other input shapes: which folded
+    constants change with a dynamic dim (ir.signature). Nothing is read from disk."""
+    if g.unfixed is None:
+        raise ValueError("graph has no unfixed form (not built by load)")
+    m = ModelProto()
+    m.CopyFrom(g.unfixed)
+    _fix_input_shapes(m, input_shapes)
+    return _normalize(m, g.path, dict(g.unfixed_arrays), g.opset, set(g.original_inits))
+
+
+def _normalize(m: ModelProto, path: Path | None, arrays: dict[str, np.ndarray], opset: int,
+               original: set[str]) -> Graph:
+    """Shape inference and constant folding of a model whose input shapes are fixed."""
     g = Graph(model=m, path=path, inits=arrays, shapes={}, dtypes={}, inputs=[i.name for i in m.graph.input],
               outputs=[o.name for o in m.graph.output], opset=opset, original_inits=original)
     _refresh(g)
@@ -245,7 +273,7 @@ def _drop_initializer_inputs(m: ModelProto) -> None:
         m.graph.input.extend(real)
 
 
-def _fix_input_shapes(m: ModelProto, shapes: dict[str, list[int]]) -> None:
+def _fix_input_shapes(m: ModelProto, shapes: dict[str, list[int]], batch: int | None = None) -> None:
     names = [i.name for i in m.graph.input]
     unknown = sorted(set(shapes) - set(names))
     if unknown:
@@ -265,10 +293,13 @@ def _fix_input_shapes(m: ModelProto, shapes: dict[str, list[int]]) -> None:
             continue
         for axis, d in enumerate(dims):
             if d.HasField("dim_value") and d.dim_value > 0:
+                if axis == 0 and batch is not None and d.dim_value != batch and len(dims) > 1:
+                    raise SpecError(f"runtime.batch is {batch}, but input {inp.name!r} has a fixed batch of "
+                                    f"{d.dim_value}; export the model with a dynamic batch axis or drop runtime.batch")
                 continue
-            if axis == 0:  # a dynamic batch axis defaults to 1
+            if axis == 0:  # a dynamic batch axis: runtime.batch, else 1
                 d.Clear()
-                d.dim_value = 1
+                d.dim_value = batch or 1
                 continue
             shown = [x.dim_value if x.HasField("dim_value") and x.dim_value > 0 else (x.dim_param or "?") for x in dims]
             raise SpecError(f"input {inp.name!r} has dynamic shape {shown}; give concrete dims with "

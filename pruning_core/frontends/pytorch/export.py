@@ -3,9 +3,10 @@
 - ``plan.json`` (``pruning_core.plan``): kept indices per dim of every original parameter / buffer;
 - ``pruned.pt2``: ``torch.export`` of :class:`PrunedProgram`, the torch twin of the pruned graph whose
   parameters sit at the original attribute paths, so the state dict keeps the original names with
-  their new shapes; checked against ``pruned.onnx`` (onnxruntime) before it is written. Like
-  ``pruned.onnx`` it is specialized to the static input shapes the core pruned with (batch 1 unless
-  ``input_shapes`` says otherwise); ``apply_plan`` on the user's module is the shape-generic way.
+  their new shapes; checked against ``pruned.onnx`` (onnxruntime) before it is written. It is
+  specialized to the static input shapes the core pruned with (batch 1 unless ``input_shapes`` says
+  otherwise; the twin is built from the pruned graph before ``ir.signature`` gives ``pruned.onnx``
+  its dynamic dims back); ``apply_plan`` on the user's module is the shape-generic way.
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ class _EagerConstants(torch.overrides.TorchFunctionMode):
     ops (``t.reshape(-1).tolist()``), and an op on a real tensor under the fake mode yields a fake with
     unknown values. Evaluating such calls for real (with the fake and tracing modes off) keeps the
     constant chain concrete, so the program is specialized to the pruned graph's static shapes, as the
-    ONNX model is; a real result that meets a traced tensor is lifted as a constant by the exporter."""
+    analysed graph is; a real result that meets a traced tensor is lifted as a constant by the exporter."""
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
