@@ -100,9 +100,10 @@ def execute(request: dict[str, Any], root: Path, progress: Progress | None = Non
         if op == "prune":
             from pruning_core.api import prune
 
-            data = request.get("data")
+            data, eval_data = request.get("data"), request.get("eval_data")
             res = prune(str(root / request["model"]), request["spec"], str(root / request["out"]),
-                        data=str(root / data) if data else None, progress=progress)
+                        data=str(root / data) if data else None,
+                        eval_data=str(root / eval_data) if eval_data else None, progress=progress)
             artifacts = {name: os.path.relpath(Path(path).absolute(), root.absolute())
                          for name, path in res.artifacts.items()}
             return {"ok": True, "summary": res.summary, "report": res.report, "artifacts": artifacts}

@@ -75,7 +75,9 @@ class JobOut(BaseModel):
     queue: str
     spec: dict[str, Any]
     summary: dict[str, Any] | None = Field(
-        None, description="before/after params, MACs, latency, verify error"
+        None,
+        description="before/after params, MACs, latency, verify error; fidelity (cosine, top-1 agreement, "
+        "accuracy before/after) with what it was measured on: held-out or eval data, or synthetic inputs",
     )
     artifacts: list[ArtifactOut]
     error: str | None

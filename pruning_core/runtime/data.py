@@ -101,27 +101,30 @@ def synthetic_inputs(g: Graph, batch: int | None = None, seed: int = 0) -> dict[
     return feeds
 
 
-def load_npz(path: str | os.PathLike[str], g: Graph) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Read calibration data: arrays named after the model inputs, optional ``labels``."""
+def load_npz(path: str | os.PathLike[str], g: Graph,
+             what: str = "calibration data") -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Read calibration (or evaluation) data: arrays named after the model inputs, optional
+    ``labels``. Bad data raises ``DataError``, one sentence naming ``what`` and the file."""
     p = Path(path)
     if p.is_file():  # declared shapes bounded before np.load allocates them
         # No ratio check here: it protects the service (done at upload); a local file is its owner's.
         try:
             read_npz_header(p, max_unpacked=limits.max_unpacked_bytes(), max_ratio=math.inf)
         except BadNpz as e:
-            raise DataError(f"{p.name} is not a readable .npz file ({e})") from None
+            raise DataError(f"the {what} {p.name} is not a readable .npz file ({e})") from None
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
-        raise DataError(f"data file not found: {p}") from None
+        raise DataError(f"{what} file not found: {p}") from None
     except Exception as e:
-        raise DataError(f"{p.name} is not a readable .npz file ({e})") from None
+        raise DataError(f"the {what} {p.name} is not a readable .npz file ({e})") from None
+    where = f"the {what} {p.name}"
     labels = arrays.pop("labels", None)
     missing = [n for n in g.inputs if n not in arrays]
     extra = sorted(set(arrays) - set(g.inputs))
     if missing or extra:
-        raise DataError(f"data arrays {sorted(arrays)} do not match the model inputs {g.inputs}"
+        raise DataError(f"the arrays {sorted(arrays)} of {where} do not match the model inputs {g.inputs}"
                         + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else ""))
     n = None
     for name in g.inputs:
@@ -129,15 +132,18 @@ def load_npz(path: str | os.PathLike[str], g: Graph) -> tuple[dict[str, np.ndarr
         want = g.shape(name)
         dtype = helper.tensor_dtype_to_np_dtype(g.dtypes.get(name, 1))
         if a.ndim != len(want) or tuple(a.shape[1:]) != tuple(want[1:]):
-            raise DataError(f"array {name!r} has shape {a.shape}, the model wants (N, {', '.join(map(str, want[1:]))})")
+            raise DataError(f"array {name!r} of {where} has shape {a.shape}, "
+                            f"the model wants (N, {', '.join(map(str, want[1:]))})")
         if dtype.kind == "f" and a.dtype.kind not in "fiu" or dtype.kind in "iu" and a.dtype.kind not in "iu":
-            raise DataError(f"array {name!r} has dtype {a.dtype}, the model wants {dtype}")
+            raise DataError(f"array {name!r} of {where} has dtype {a.dtype}, the model wants {dtype}")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise DataError(f"array {name!r} contains NaN or infinite values")
+            raise DataError(f"array {name!r} of {where} contains NaN or infinite values")
         if n is not None and a.shape[0] != n:
-            raise DataError(f"arrays have different sample counts ({n} vs {a.shape[0]} for {name!r})")
+            raise DataError(f"the arrays of {where} have different sample counts ({n} vs {a.shape[0]} for {name!r})")
         n = a.shape[0]
         arrays[name] = a.astype(dtype, copy=False)
+    if n == 0:
+        raise DataError(f"{where} holds no samples")
     if labels is not None and (labels.ndim < 1 or labels.shape[0] != n):
-        raise DataError(f"labels has shape {labels.shape}, expected ({n},)")
+        raise DataError(f"the labels of {where} have shape {labels.shape}, expected ({n},)")
     return arrays, labels

@@ -1,5 +1,5 @@
 """Model figures: parameters, MACs (multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul,
-the thop/fvcore convention), onnxruntime latency, output fidelity.
+the thop/fvcore convention), onnxruntime latency (fidelity: ``runtime.fidelity``).
 
 ``node_macs`` takes a shape function so the same MAC model serves a concrete model (shapes from
 shape inference) and selection (shapes after a candidate set of channels is removed)."""
@@ -111,14 +111,3 @@ def latency_ms(model, inputs: dict[str, np.ndarray], runs: int = 20, warmup: int
         sess.run(None, inputs)
         times.append((time.perf_counter() - t0) * 1e3)
     return {"median_ms": float(statistics.median(times)), "runs": n, "threads": threads}
-
-
-def fidelity(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, float]:
-    """Cosine similarity and relative max error of outputs against the original's."""
-    cos, rel = [], []
-    for a, b in zip(ref, out, strict=True):
-        a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-        denom = np.linalg.norm(a64) * np.linalg.norm(b64)
-        cos.append(float(a64 @ b64 / denom) if denom > 0 else 1.0)
-        rel.append(float(np.abs(a64 - b64).max() / max(1.0, np.abs(a64).max())) if a64.size else 0.0)
-    return {"cosine": min(cos) if cos else 1.0, "max_rel_error": max(rel) if rel else 0.0}

@@ -22,11 +22,21 @@ async function load(path, body, render) {
   if (!r.ok) { const tr = document.createElement("tr"); cell(tr, "error " + r.status); body.appendChild(tr); return; }
   for (const item of (await r.json()).items) { const tr = document.createElement("tr"); render(tr, item); body.appendChild(tr); }
 }
+// "cos 0.9981, top-1 97.0%, acc 91.0% -> 89.5% on held-out data (200 samples)"
+function fidelity(f) {
+  if (!f || f.cosine == null) return "";
+  const pct = x => (100 * x).toFixed(1) + "%";
+  const parts = ["cos " + f.cosine.toFixed(4)];
+  if (f.top1_agreement != null) parts.push("top-1 " + pct(f.top1_agreement));
+  if (f.accuracy) parts.push("acc " + pct(f.accuracy.before) + " -> " + pct(f.accuracy.after));
+  return parts.join(", ") + " on " + (f.inputs === "synthetic" ? "synthetic inputs" : f.inputs);
+}
 function refresh() {
   load("/v1/jobs?limit=50", document.getElementById("jobs"), (tr, j) => {
     cell(tr, j.id.slice(0, 8)); cell(tr, j.state, j.state); cell(tr, j.stage);
     const p = document.createElement("progress"); p.max = 1; p.value = j.progress; cell(tr, p);
-    cell(tr, j.created_at); cell(tr, j.artifacts.map(a => a.name).join(", "));
+    cell(tr, j.created_at); cell(tr, fidelity(j.summary && j.summary.fidelity));
+    cell(tr, j.artifacts.map(a => a.name).join(", "));
   });
   load("/v1/models?limit=50", document.getElementById("models"), (tr, m) => {
     cell(tr, m.id.slice(0, 8)); cell(tr, m.filename); cell(tr, m.state, m.state);
