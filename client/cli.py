@@ -48,6 +48,39 @@ def _client(args: argparse.Namespace) -> Any:
     return SpaClient(getattr(args, "server", None), getattr(args, "api_key", None))
 
 
+def round_to_arg(text: str) -> int | str:
+    """``auto`` or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
+    return v
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """--round-to and where the model will run (spec.runtime); ``defaults=False`` leaves unset
+    flags out of the spec (the server's defaults, or a --spec file's, apply)."""
+    p.add_argument("--round-to", type=round_to_arg, default="auto" if defaults else None,
+                   help="kept widths: 'auto' (what the runtime's kernels want, default) or a multiple")
+    p.add_argument("--provider", choices=["cpu", "cuda"], help="runtime to measure on (default cpu)")
+    p.add_argument("--threads", type=_positive_int, help="onnxruntime threads to measure with (default 2)")
+    p.add_argument("--batch", type=_positive_int, help="batch size to measure at (default: the model's, 1 if dynamic)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -87,13 +120,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read spec {args.spec}: {e}") from e
         if not isinstance(spec, dict):
             raise UsageError(f"spec {args.spec} is not a JSON object")
-    targets = {k: getattr(args, k) for k in ("flops", "params", "channels") if getattr(args, k) is not None}
+    targets = {k: getattr(args, k) for k in ("flops", "params", "channels", "latency") if getattr(args, k) is not None}
     if len(targets) > 1:
-        raise UsageError("give at most one of --flops, --params, --channels")
+        raise UsageError("give at most one of --flops, --params, --channels, --latency")
     if targets:
         spec["target"] = targets
     if args.criterion:
         spec["criterion"] = args.criterion
+    if args.round_to is not None:
+        spec["round_to"] = args.round_to
+    runtime = {k: v for k, v in (("provider", args.provider), ("threads", args.threads), ("batch", args.batch))
+               if v is not None}
+    if runtime:
+        spec["runtime"] = {**spec.get("runtime", {}), **runtime}
+    for path in (args.data, args.eval_data):  # before anything is uploaded
+        if path and not Path(path).is_file():
+            raise UsageError(f"{path}: no such file")
     with _client(args) as client:
         model_path = Path(args.model)
         if model_path.is_file():
@@ -109,6 +151,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             if not Path(args.data).is_file():
                 raise UsageError(f"{args.data}: no such file")
             dataset_id = client.upload_dataset(args.data, model_id=model_id)["id"]
+        if args.eval_data:  # fidelity on this set instead of a split of --data
+            eval_id = client.upload_dataset(args.eval_data, model_id=model_id)["id"]
+            spec["calibration"] = {**spec.get("calibration", {}), "eval_dataset_id": eval_id}
         job = client.submit(model_id, spec, dataset_id=dataset_id, idempotency_key=args.idempotency_key)
         print(job["id"])
         if not (args.wait or args.download):
@@ -251,9 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--flops", type=_fraction, help="fraction of FLOPs to remove")
     target.add_argument("--params", type=_fraction, help="fraction of parameters to remove")
     target.add_argument("--channels", type=_fraction, help="fraction of channels to remove")
+    target.add_argument("--latency", type=_fraction, help="fraction of measured latency to remove")
+    add_runtime_arguments(p, defaults=False)
     p.add_argument("--criterion", help="importance criterion (default l1)")
     p.add_argument("--spec", help="a JSON file with the full spec (flags override it)")
     p.add_argument("--data", help="calibration data (.npz, arrays named after the model inputs)")
+    p.add_argument("--eval-data", help="evaluation data (.npz like --data): fidelity is measured on it")
     p.add_argument("--idempotency-key", help="resubmitting with the same key returns the same job")
     p.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
     p.add_argument("--download", metavar="DIR", help="wait, then download the artifacts into DIR")

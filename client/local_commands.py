@@ -15,7 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from client.cli import LIBRARY_MODULES, _fraction  # one parser for "a fraction in (0, 1)"
+from client.cli import (  # one parser for fractions, runtime flags
+    LIBRARY_MODULES,
+    _fraction,
+    add_runtime_arguments,
+)
 
 
 def _shape(text: str) -> tuple[str, list[int]]:
@@ -41,13 +45,18 @@ def add_parsers(sub: Any) -> None:
     tgt.add_argument("--flops", type=_fraction, help="fraction of MACs to remove")
     tgt.add_argument("--params", type=_fraction, help="fraction of parameters to remove")
     tgt.add_argument("--channels", type=_fraction, help="fraction of prunable channels to remove")
+    tgt.add_argument("--latency", type=_fraction, help="fraction of measured latency to remove (spec.runtime)")
     p.add_argument("--criterion", default="l1")
     p.add_argument("--scope", choices=["global", "local"], default="global")
-    p.add_argument("--round-to", type=int, default=1)
+    add_runtime_arguments(p, defaults=True)
     p.add_argument("--max-group-ratio", type=float, default=0.9)
     p.add_argument("--ignore", action="append", default=[], metavar="GLOB")
     p.add_argument("--input-shape", action="append", default=[], type=_shape, metavar="NAME=D1,D2,...")
     p.add_argument("--data", type=Path, help="calibration data (.npz named after the inputs)")
+    p.add_argument("--eval-data", type=Path,
+                   help="evaluation data (.npz like --data): fidelity is measured on it, not on a split of --data")
+    p.add_argument("--eval-fraction", type=_eval_fraction, metavar="F",
+                   help="fraction of --data held out for fidelity (default 0.2 with >= 10 samples; 0: none)")
     p.add_argument("--approximate", action="store_true", help="also prune groups under LayerNorm")
     p.add_argument("--report", type=Path, help="write report.json here")
     p.add_argument("--seed", type=int, default=0)
@@ -88,6 +97,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if args.flops is not None
         else {"params": args.params}
         if args.params is not None
+        else {"latency": args.latency}
+        if args.latency is not None
         else {"channels": args.channels if args.channels is not None else 0.3}
     )
     try:
@@ -96,11 +107,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
             criterion=args.criterion,
             scope=args.scope,
             round_to=args.round_to,
+            runtime={k: v for k, v in (("provider", args.provider), ("threads", args.threads),
+                                       ("batch", args.batch)) if v is not None},
             max_group_ratio=args.max_group_ratio,
             ignore=args.ignore,
             seed=args.seed,
             approximate=args.approximate,
             input_shapes=dict(args.input_shape),
+            calibration={"eval_fraction": args.eval_fraction},
         )
     except ValidationError as e:
         err = e.errors()[0]
@@ -115,7 +129,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            res = prune(args.model, spec, tmp, data=args.data, progress=progress)
+            res = prune(args.model, spec, tmp, data=args.data, eval_data=args.eval_data, progress=progress)
         except PruneError as e:
             raise _usage(str(e)) from None
         if sys.stderr.isatty():
@@ -150,16 +164,68 @@ def format_table(rep: dict) -> str:
         f"{'':<12}{'before':>16}{'after':>16}{'change':>10}",
         row("params", rep["params"]["before"], rep["params"]["after"]),
         row("MACs", rep["macs"]["before"], rep["macs"]["after"]),
-        *([row("latency", rep["latency_ms"]["before"], rep["latency_ms"]["after"], "ms")]
+        *([row("latency", rep["latency_ms"]["before"], rep["latency_ms"]["after"], "ms"),
+           _speed_line(rep)]
           if rep["latency_ms"]["before"] is not None else []),
         f"groups: {gs['total']} total, {gs['prunable']} prunable, {gs['pruned']} pruned; "
         f"channels removed {rep['channels']['removed']}/{rep['channels']['total']}",
         f"verify: max error {rep['verify'].get('max_error', float('nan')):.3g} "
-        f"(tolerance {rep['verify'].get('tolerance', float('nan')):.3g})"
-        + (f"; output cosine vs original {rep['fidelity']['cosine']:.4f}"
-           if rep["fidelity"]["cosine"] is not None else ""),
+        f"(tolerance {rep['verify'].get('tolerance', float('nan')):.3g})",
+        *fidelity_lines(rep),
     ]
     return "\n".join(lines)
+
+
+def _eval_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a fraction from 0 (no split) up to, not including, 1")
+    return value
+
+
+def _fidelity_text(f: dict[str, Any]) -> str:
+    parts = [f"output cosine {f['cosine']:.4f}", f"max rel error {f['max_rel_error']:.3g}"]
+    if f.get("top1_agreement") is not None:
+        parts.append(f"top-1 agreement {f['top1_agreement']:.1%}")
+    acc = f.get("accuracy")
+    if acc:
+        parts.append(f"accuracy {acc['before']:.1%} -> {acc['after']:.1%}")
+    return ", ".join(parts)
+
+
+def fidelity_lines(rep: dict[str, Any]) -> list[str]:
+    """Fidelity vs the original, on what it was measured (held-out data, eval data, synthetic);
+    before and after recovery when recovery ran."""
+    f = rep.get("fidelity") or {}
+    if f.get("cosine") is None:
+        return []
+    on = f.get("inputs") or "synthetic"
+    if on == "synthetic":
+        on = f"synthetic inputs ({f.get('samples')} sample{'s' if f.get('samples') != 1 else ''}, no data given)"
+    lines = [f"fidelity on {on}: {_fidelity_text(f)}"]
+    pre = rep.get("fidelity_before_recovery")
+    if pre and pre.get("cosine") is not None:
+        lines[0] = lines[0].replace("fidelity on", "fidelity after recovery on", 1)
+        lines.append(f"fidelity before recovery: {_fidelity_text(pre)}")
+    return lines
+
+
+def _speed_line(rep: dict) -> str:
+    """Speed-up and efficiency (speed-up / MAC reduction), where and how it was measured."""
+    lat, rt = rep["latency_ms"], rep.get("runtime") or {}
+    spread = lat.get("spread", {}).get("after")
+    where = (f"{rt.get('provider', 'cpu')}, {rt.get('threads')} threads, batch {rt.get('batch')}, "
+             f"median of {lat['runs']} runs" + (f", quartiles {spread[0]:.3g}-{spread[1]:.3g} ms" if spread else ""))
+    if lat.get("speedup") is None:
+        return f"speed: not measured ({where})"
+    line = f"speed-up {lat['speedup']:.2f}x, efficiency {lat['efficiency']:.2f} ({where})"
+    tgt = rep.get("latency_target")
+    if tgt:
+        line += f"; latency target {tgt['goal']:.0%}: met in {len(tgt['tries'])} tries"
+    return line
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

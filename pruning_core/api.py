@@ -27,8 +27,10 @@ from pruning_core.frontends import open_model
 from pruning_core.importance import CRITERIA, ScoreContext, score
 from pruning_core.ir import graph as graph_mod
 from pruning_core.ir.weights import LightModel, small_pages
+from pruning_core.latency_target import meet_latency
 from pruning_core.runtime import data as data_mod
-from pruning_core.runtime import metrics
+from pruning_core.runtime import fidelity as fidelity_mod
+from pruning_core.runtime import latency, metrics
 from pruning_core.selection import SelectOptions, candidates, select
 from pruning_core.spec import PruneSpec
 from pruning_core.verify import verify
@@ -72,14 +74,18 @@ def analyze(model: str | os.PathLike[str], input_shapes: dict[str, list[int]] | 
 
 
 def prune(model: str | os.PathLike[str], spec: PruneSpec | dict[str, Any], out_dir: str | os.PathLike[str],
-          *, data: str | os.PathLike[str] | None = None, progress: Progress | None = None) -> PruneResult:
+          *, data: str | os.PathLike[str] | None = None, eval_data: str | os.PathLike[str] | None = None,
+          progress: Progress | None = None) -> PruneResult:
+    """``data``: calibration .npz (a split of it is held out for fidelity, ``calibration.eval_fraction``);
+    ``eval_data``: a separate evaluation .npz instead of the split (``runtime.fidelity``)."""
     spec = spec if isinstance(spec, PruneSpec) else PruneSpec.model_validate(spec)
     with tempfile.TemporaryDirectory(prefix="spa-") as tmp, small_pages():
-        return _prune(model, spec, Path(out_dir), Path(tmp), data, progress)
+        return _prune(model, spec, Path(out_dir), Path(tmp), data, progress, eval_data)
 
 
 def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
-           data: str | os.PathLike[str] | None, progress: Progress | None) -> PruneResult:
+           data: str | os.PathLike[str] | None, progress: Progress | None,
+           eval_data: str | os.PathLike[str] | None = None) -> PruneResult:
     timings: dict[str, float] = {}
     started: dict[str, float] = {}
 
@@ -93,21 +99,44 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
 
     stage("load", 0.0, f"loading {Path(model).name}")
     src = open_model(model, tmp)
-    g = graph_mod.load(src.path, spec.input_shapes)
+    g = graph_mod.load(src.path, spec.input_shapes, spec.runtime.batch)
     done("load")
 
     stage("analyze", 0.0, f"{len(g.model.graph.node)} nodes")
     an = analyze_graph(g, spec.attention_heads, spec.approximate)
     done("analyze")
 
-    calib, class_labels = (data_mod.load_npz(data, g) if data is not None else (None, None))
+    # the criterion and recovery see calib only; fidelity is measured on the held-out split
+    calib, class_labels, evaluation = fidelity_mod.prepare(g, spec, data, eval_data)
     stage("score", 0.0, f"criterion {spec.criterion}")
     ctx = ScoreContext(an, spec, calib, class_labels, progress=lambda f, m: stage("score", f, m))
     scores = score(ctx)
     done("score")
 
     stage("select", 0.0, f"target {spec.target.kind}={spec.target.value}")
-    removed = select(an, scores, SelectOptions.from_spec(spec))
+    rt = latency.RuntimeConfig.from_spec(spec.runtime)
+    inputs = data_mod.synthetic_inputs(g, seed=spec.seed)
+    watch, table, latency_info = None, None, None
+    if spec.measure or spec.target.kind == "latency":
+        rt.providers()  # a provider this worker lacks fails here, before any work is lost
+        watch = latency.Stopwatch(g, tmp / "normalized.onnx", rt, inputs)
+        table = latency.LatencyTable(an, rt, latency.cache_dir_from_env(), whole_ms=watch.alone()["median_ms"],
+                                     progress=lambda f, m: stage("select", 0.5 * f, m))
+    opts = SelectOptions.from_spec(spec, latency.auto_step(rt), table)
+    if spec.target.kind == "latency":
+        assert watch is not None
+
+        def time_pair(r: np.ndarray) -> tuple[float, float]:
+            path = tmp / "try.onnx"
+            surgery.apply_light(an, r).save(path)
+            before, after, _, _ = watch.pair(path)
+            path.unlink()
+            return before["median_ms"], after["median_ms"]
+
+        removed, latency_info = meet_latency(an, scores, opts, time_pair,
+                                             progress=lambda f, m: stage("select", 0.5 + 0.5 * f, m))
+    else:
+        removed = select(an, scores, opts)
     done("select")
 
     stage("surgery", 0.0, f"removing {int(removed.sum())} channels")
@@ -115,7 +144,6 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
     done("surgery")
 
     crit = CRITERIA[spec.criterion]
-    inputs = data_mod.synthetic_inputs(g, seed=spec.seed)
     verify_rep: dict[str, Any] = {"skipped": True}
     if spec.verify:
         stage("verify", 0.0, "masked-equivalence check")
@@ -142,6 +170,8 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
         from pruning_core.training.recovery import recover
 
         stage("recover", 0.0, f"{spec.recover.method}, {spec.recover.steps} steps")
+        if spec.measure:  # fidelity of the pruned model before recovery, on the same samples
+            evaluation.measure_unrecovered(pruned)
         pruned = recover(g.full_model(), _full(pruned), spec, calib, class_labels,
                          progress=lambda f, m: stage("recover", f, m))
         done("recover")
@@ -149,7 +179,9 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
     stage("save", 0.0, None)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "pruned.onnx"
-    _save(pruned, onnx_path)
+    from pruning_core.ir.signature import restore as restore_signature
+
+    _save(restore_signature(pruned, g), onnx_path)  # the original's inputs / outputs (dynamic dims)
     done("save")
     # The graph is checked with its weights as typed inputs: full_check (strict shape inference)
     # without serializing the weights; the writer checked every array against its declaration.
@@ -161,7 +193,13 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
         del pruned  # from here on the file is the result: run and timed from disk
 
     stage("measure", 0.0, "params, MACs, latency")
-    figures = _measure(g, an, removed, onnx_path, inputs, tmp, spec.measure, lambda f: stage("measure", f))
+    figures = _measure(an, removed, onnx_path, watch, table, lambda f: stage("measure", f), evaluation)
+    if watch is not None:
+        _refuse_slower(spec, figures, lambda: watch.pair(onnx_path, budget_s=6.0)[:2])
+        watch.close()
+    figures["latency_target"] = latency_info
+    figures["runtime"] = {**rt.describe(), "batch": _batch(inputs), "round_to": spec.round_to,
+                          **({"step": opts.round_to} if opts.auto else {})}
     done("measure")
 
     artifacts = {"pruned.onnx": onnx_path}
@@ -177,9 +215,14 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
     summary = {k: figures[k] for k in ("params_before", "params_after", "macs_before", "macs_after")}
     summary["latency_ms_before"] = figures["latency_before"]["median_ms"]
     summary["latency_ms_after"] = figures["latency_after"]["median_ms"]
+    summary["speedup"] = report["latency_ms"]["speedup"]
+    summary["efficiency"] = report["latency_ms"]["efficiency"]
     summary["verify_max_error"] = verify_rep.get("max_error")
     summary["channels_removed"] = int(removed.sum())
     artifacts["report.json"] = rep_path
+    from pruning_core.ir import provenance  # spa.* metadata_props: version, spec, source hash, figures
+
+    provenance.stamp(onnx_path, provenance.props(spec, src.original, summary))
     return PruneResult(artifacts, report, summary)
 
 
@@ -191,28 +234,66 @@ def _exact_only(an: Analysis, removed: np.ndarray) -> np.ndarray:
     return exact
 
 
-def _measure(g: graph_mod.Graph, an: Analysis, removed: np.ndarray, pruned: Path,
-             inputs: dict[str, np.ndarray], tmp: Path, timed: bool = True,
-             progress: Callable[[float], None] | None = None) -> dict[str, Any]:
+def _measure(an: Analysis, removed: np.ndarray, pruned: Path, watch: latency.Stopwatch | None,
+             table: latency.LatencyTable | None,
+             progress: Callable[[float], None] | None = None,
+             evaluation: fidelity_mod.Evaluation | None = None) -> dict[str, Any]:
     """Figures of the normalized original (constants folded like the result, so the ratio shows
-    what pruning did) vs the pruned file; one onnxruntime session from each file, one at a time."""
+    what pruning did) vs the pruned file, timed in turn on the job's runtime; per-layer latency
+    from the latency table."""
     counts = {"params_before": an.params(), "params_after": an.params(removed),
               "macs_before": an.macs(), "macs_after": an.macs(removed)}
-    if not timed:
-        none = {"median_ms": None, "runs": 0, "threads": 1}
-        return {**counts, "latency_before": none, "latency_after": none,
-                "fidelity": {"cosine": None, "max_rel_error": None}}
-    original = tmp / "normalized.onnx"
-    g.light().save(original)
-    sess = metrics.session(original)
-    before, ref = metrics.latency_ms(sess, inputs), metrics.run(sess, inputs)
-    del sess
-    original.unlink()
-    if progress is not None:  # each half runs for seconds (a latency budget of 3 s)
-        progress(0.5)
-    sess = metrics.session(pruned)
-    after, out = metrics.latency_ms(sess, inputs), metrics.run(sess, inputs)
-    return {**counts, "latency_before": before, "latency_after": after, "fidelity": metrics.fidelity(ref, out)}
+    if watch is None or table is None:
+        none = {"median_ms": None, "runs": 0}
+        return {**counts, "latency_before": none, "latency_after": none, "layers": None,
+                "fidelity": fidelity_mod.skipped(), "fidelity_before_recovery": None}
+    before, after, ref, out = watch.pair(pruned)
+    if progress is not None:
+        progress(0.7)
+    return {**counts, "latency_before": before, "latency_after": after, "layers": table.layers(removed),
+            "fidelity": evaluation.measure(pruned) if evaluation is not None else fidelity_mod.skipped(),
+            "fidelity_before_recovery": evaluation.before_recovery if evaluation is not None else None}
+
+
+def _batch(inputs: dict[str, np.ndarray]) -> int | None:
+    shapes = [a.shape for a in inputs.values() if a.ndim]
+    return int(shapes[0][0]) if shapes else None
+
+
+class SlowerThanOriginalError(PruneError):
+    """The pruned model measures slower than the original: not shipped silently."""
+
+    code = "slower_than_original"
+
+
+# Below this many milliseconds of difference a run's fixed cost (onnxruntime's per-call overhead,
+# thread wake-ups) decides, not the model: a 0.02 ms model can time 30 % apart for no reason of its own.
+SLOWER_FLOOR_MS = 0.02
+
+
+def _slower(before: dict[str, Any], after: dict[str, Any], margin: float = 0.1) -> bool:
+    return (after["median_ms"] > before["median_ms"] * (1 + margin) and after["p25_ms"] > before["p75_ms"]
+            and after["median_ms"] - before["median_ms"] > SLOWER_FLOOR_MS)
+
+
+def _refuse_slower(spec: PruneSpec, figures: dict[str, Any],
+                   retime: Callable[[], tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """Fail when the result is clearly slower than the original: more than 10 % and 0.02 ms by the
+    median, quartiles apart, and again when timed a second time for longer. Not for a params-only
+    target, where speed is not the point."""
+    if spec.target.kind == "params" or figures["latency_before"].get("median_ms") is None:
+        return
+    if not _slower(figures["latency_before"], figures["latency_after"]):
+        return
+    b, a = retime()
+    if not _slower(b, a):
+        figures["latency_before"], figures["latency_after"] = b, a
+        return
+    raise SlowerThanOriginalError(
+        f"the pruned model measures slower than the original ({a['median_ms']:.3g} ms vs "
+        f"{b['median_ms']:.3g} ms, median of {a['runs']} runs on {spec.runtime.provider} with "
+        f"{spec.runtime.threads} threads); prune less, or give a latency target or a coarser round_to "
+        f"(e.g. 8 or 16; a small model's target may have needed finer widths)")
 
 
 def _full(m: LightModel | ModelProto) -> ModelProto:
@@ -226,6 +307,27 @@ def _save(m: LightModel | ModelProto, path: Path) -> None:
         onnx.save(m, str(path), save_as_external_data=True, location=path.name + ".data")
     else:
         onnx.save(m, str(path))
+
+
+def _latency_report(figures: dict[str, Any]) -> dict[str, Any]:
+    """Measured latency before/after with quartiles and spread; speed-up, and efficiency: the
+    speed-up over the MAC reduction (1.0 = the model got as much faster as it got smaller)."""
+    b, a = figures["latency_before"], figures["latency_after"]
+    rep: dict[str, Any] = {"before": b["median_ms"], "after": a["median_ms"], "runs": a["runs"],
+                           "speedup": None, "efficiency": None}
+    if b["median_ms"] is None:
+        return rep
+    rep["spread"] = {"before": [round(b["p25_ms"], 5), round(b["p75_ms"], 5)],
+                     "after": [round(a["p25_ms"], 5), round(a["p75_ms"], 5)]}
+    speedup = b["median_ms"] / a["median_ms"] if a["median_ms"] > 0 else None
+    mac_ratio = figures["macs_before"] / figures["macs_after"] if figures["macs_after"] else None
+    rep["speedup"] = round(speedup, 4) if speedup else None
+    rep["efficiency"] = round(speedup / mac_ratio, 4) if speedup and mac_ratio else None
+    # layers whose narrower shape measured slower than their original one (kernels that dislike
+    # a width): shown, so a user can pin them with `ignore` or choose another round_to
+    rep["slower_layers"] = [r["node"] for r in figures.get("layers") or []
+                            if r["macs_after"] < r["macs_before"] and r["latency_ms_after"] > 1.1 * r["latency_ms_before"]]
+    return rep
 
 
 def _report(g: graph_mod.Graph, an: Analysis, removed: np.ndarray, scores: dict[int, np.ndarray],
@@ -250,10 +352,12 @@ def _report(g: graph_mod.Graph, an: Analysis, removed: np.ndarray, scores: dict[
                    "removed_fraction": ratio(figures["params_before"], figures["params_after"])},
         "macs": {"before": figures["macs_before"], "after": figures["macs_after"],
                  "removed_fraction": ratio(figures["macs_before"], figures["macs_after"])},
-        "latency_ms": {"before": figures["latency_before"]["median_ms"],
-                       "after": figures["latency_after"]["median_ms"],
-                       "threads": figures["latency_after"]["threads"], "runs": figures["latency_after"]["runs"]},
+        "latency_ms": _latency_report(figures),
+        "runtime": figures["runtime"],
+        "latency_target": figures["latency_target"],
+        "layers": figures["layers"],
         "fidelity": figures["fidelity"],
+        "fidelity_before_recovery": figures.get("fidelity_before_recovery"),
         "channels": {"total": int(an.n_channels), "removed": int(removed.sum())},
         "groups_summary": {"total": len(an.groups), "prunable": sum(gr.prunable for gr in an.groups),
                            "pruned": sum(1 for gr in groups if gr["kept"] < gr["total"]),

@@ -4,14 +4,21 @@ Every candidate group orders its removable channels by score; ``global`` scope m
 into one ranking (scores are normalized within groups), ``local`` removes the same share of every
 group. One monotone knob (prefix length / share) is bisected until the target is met: a fraction
 of ``channels`` (of the prunable groups' channels), ``params`` or ``flops`` (MACs) to remove,
-measured exactly with the analysis' shape model."""
+measured exactly with the analysis' shape model, or ``latency`` predicted by the latency table
+(``pruning_core.runtime.latency``; ``pruning_core.latency_target`` then meets it measured).
+
+With a latency table, the global ranking is importance lost per millisecond saved for a latency
+target (HALP), and for the other targets equal scores go to the group that saves more time.
+``round_to="auto"`` keeps widths (channels x their block, e.g. heads x head size) a multiple of
+the kernels' step; a group narrower than four steps uses a finer power of two, since its time
+is overhead more than lanes."""
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 
@@ -25,17 +32,21 @@ class SelectOptions:
     """What selection reads of the spec: the target (``kind``, ``value``: the fraction to remove)
     and how channels may go."""
 
-    kind: Literal["flops", "params", "channels"]
+    kind: Literal["flops", "params", "channels", "latency"]
     value: float
     scope: Literal["global", "local"] = "global"
     max_group_ratio: float = 0.9
     round_to: int = 1
     ignore: Sequence[str] = ()
+    auto: bool = False                     # round_to is the kernels' step, applied to widths
+    table: Any = None                      # a LatencyTable: latency targets, tie-breaks
 
     @classmethod
-    def from_spec(cls, spec: PruneSpec) -> SelectOptions:
-        return cls(spec.target.kind, spec.target.value, spec.scope, spec.max_group_ratio, spec.round_to,
-                   tuple(spec.ignore))
+    def from_spec(cls, spec: PruneSpec, step: int = 8, table: Any = None) -> SelectOptions:
+        """``step``: the kernels' width step when ``round_to`` is "auto"."""
+        auto = spec.round_to == "auto"
+        return cls(spec.target.kind, spec.target.value, spec.scope, spec.max_group_ratio,
+                   step if auto else int(spec.round_to), tuple(spec.ignore), auto, table)
 
 
 def candidates(an: Analysis, ignore: Sequence[str]) -> list[Group]:
@@ -45,18 +56,55 @@ def candidates(an: Analysis, ignore: Sequence[str]) -> list[Group]:
     return [g for g in an.groups if g.prunable and not ignored(g)]
 
 
-def _allowed(grp: Group, max_ratio: float, round_to: int) -> np.ndarray:
-    """Removal counts a group may take: kept stays >= 1 (and a multiple of round_to)."""
+def block(grp: Group) -> int:
+    """Positions one channel owns in its producer (a head's size; 1 for a plain channel)."""
+    prod = [p for p in grp.places if p.producer] or grp.places
+    return int(prod[0].index.shape[1]) if prod else 1
+
+
+def _allowed(grp: Group, max_ratio: float, round_to: int, auto: bool = False) -> np.ndarray:
+    """Removal counts a group may take: kept stays >= 1 (and a multiple of round_to). With
+    ``auto``, the kept *width* (channels x block) is a multiple of the step, finer for narrow
+    groups (see the module docstring)."""
     cap = min(int(grp.removable.sum()), int(np.floor(max_ratio * grp.size)), grp.size - 1)
     counts = np.arange(0, max(cap, 0) + 1)
     kept = grp.size - counts
-    ok = (kept % round_to == 0) & (kept >= round_to) if round_to > 1 else np.ones_like(counts, bool)
+    if auto:
+        width = grp.size * block(grp)
+        step = round_to
+        while step > 1 and width < 4 * step:
+            step //= 2
+        w = kept * block(grp)
+        ok = (w % step == 0) & (w >= step)
+    else:
+        ok = (kept % round_to == 0) & (kept >= round_to) if round_to > 1 else np.ones_like(counts, bool)
     ok[0] = True
     return counts[ok]
 
 
 def select(an: Analysis, scores: dict[int, np.ndarray], opts: SelectOptions) -> np.ndarray:
-    """Boolean ``removed[cid]`` meeting the target (a fraction to remove)."""
+    """Boolean ``removed[cid]`` meeting the target (a fraction to remove). With ``auto``
+    widths, a target the kernels' step cannot meet within 1 % (a small model's few wide steps)
+    is met with half the step, down to single channels: the target comes first."""
+    if not opts.auto or opts.round_to <= 1:
+        return _select(an, scores, opts)
+    groups = [g for g in candidates(an, opts.ignore) if g.id in scores]
+    measure = _measure(an, opts.kind, groups, opts.table)
+    step = opts.round_to
+    while True:
+        try:
+            removed = _select(an, scores, replace(opts, round_to=step))
+        except UnreachableTargetError:
+            if step <= 1:
+                raise
+            step //= 2
+            continue
+        if step <= 1 or abs(measure(removed) - opts.value) <= 0.01 * opts.value:
+            return removed
+        step //= 2
+
+
+def _select(an: Analysis, scores: dict[int, np.ndarray], opts: SelectOptions) -> np.ndarray:
     kind, value = opts.kind, opts.value
     max_group_ratio, round_to = opts.max_group_ratio, opts.round_to
     groups = [g for g in candidates(an, opts.ignore) if g.id in scores]
@@ -66,7 +114,8 @@ def select(an: Analysis, scores: dict[int, np.ndarray], opts: SelectOptions) -> 
         s = np.asarray(scores[g.id], dtype=np.float64)
         idx = np.nonzero(g.removable)[0]
         orders[g.id] = idx[np.argsort(s[idx], kind="stable")]
-        allowed[g.id] = _allowed(g, max_group_ratio, round_to)
+        allowed[g.id] = _allowed(g, max_group_ratio, round_to, opts.auto)
+    ms = opts.table.ms_per_channel(groups) if opts.table is not None else {}
 
     def build(counts: dict[int, int]) -> np.ndarray:
         removed = np.zeros(an.n_channels, dtype=bool)
@@ -85,10 +134,15 @@ def select(an: Analysis, scores: dict[int, np.ndarray], opts: SelectOptions) -> 
             return build({g.id: snap(g, int(np.floor(t * g.size + 1e-9))) for g in groups})
         steps = sorted({0.0, 1.0} | {c / g.size for g in groups for c in allowed[g.id]})
     else:
-        # one ranking of every removable channel by score; ties keep group order, then position
+        # one ranking of every removable channel by score; ties keep group order, then position.
+        # With a latency table: score per millisecond saved for a latency target; otherwise
+        # equal scores go first where they save more time.
         sc = np.concatenate([np.asarray(scores[g.id], np.float64)[orders[g.id]] for g in groups] or [np.zeros(0)])
         gids = np.concatenate([np.full(len(orders[g.id]), g.id, np.int64) for g in groups] or [np.zeros(0, np.int64)])
-        gid_seq = gids[np.argsort(sc, kind="stable")]
+        saved = np.array([ms.get(int(i), 0.0) for i in gids], np.float64)
+        if kind == "latency":
+            sc = np.divide(sc, saved, out=np.full_like(sc, np.inf), where=saved > 0)
+        gid_seq = gids[np.lexsort((-saved, sc))] if ms else gids[np.argsort(sc, kind="stable")]
         by_id = {g.id: g for g in groups}
 
         def at(t: float) -> np.ndarray:
@@ -97,7 +151,7 @@ def select(an: Analysis, scores: dict[int, np.ndarray], opts: SelectOptions) -> 
             return build({int(gid): snap(by_id[int(gid)], int(c)) for gid, c in counts.items()})
         steps = list(range(len(gid_seq) + 1))
 
-    measure = _measure(an, kind, groups)
+    measure = _measure(an, kind, groups, opts.table)
     removed = _bisect(at, steps, measure, value, kind)
     if abs(measure(removed) - value) > 0.01 * value:
         removed = _fill(removed, groups, orders, allowed, measure, value)
@@ -160,7 +214,11 @@ def _fill(removed: np.ndarray, groups: list[Group], orders: dict[int, np.ndarray
     return best
 
 
-def _measure(an: Analysis, kind: str, groups: list[Group]) -> Callable[[np.ndarray], float]:
+def _measure(an: Analysis, kind: str, groups: list[Group], table: Any = None) -> Callable[[np.ndarray], float]:
+    if kind == "latency":
+        if table is None:
+            raise ValueError("a latency target needs a latency table")
+        return table.removed_fraction
     if kind == "channels":
         total = sum(g.size for g in groups) or 1
         return lambda removed: float(removed.sum()) / total

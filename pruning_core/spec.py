@@ -23,28 +23,34 @@ InputName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
 Dims = Annotated[list[int], Field(min_length=1, max_length=MAX_DIMS)]
 
 
+TargetKind = Literal["flops", "params", "channels", "latency"]
+TARGET_KINDS: tuple[TargetKind, ...] = ("flops", "params", "channels", "latency")
+
+
 class Target(BaseModel):
-    """Exactly one of flops / params / channels: the fraction to REMOVE, in (0, 1)."""
+    """Exactly one of flops / params / channels / latency: the fraction to REMOVE, in (0, 1).
+    ``latency`` is measured on onnxruntime as ``runtime`` says (provider, threads, batch)."""
 
     model_config = ConfigDict(extra="forbid")
 
     flops: Fraction | None = None
     params: Fraction | None = None
     channels: Fraction | None = None
+    latency: Fraction | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Target:
         given = {k: v for k, v in self.model_dump().items() if v is not None}
         if len(given) != 1:
-            raise ValueError("target needs exactly one of 'flops', 'params', 'channels'")
+            raise ValueError("target needs exactly one of 'flops', 'params', 'channels', 'latency'")
         (kind, value), = given.items()
         if not 0.0 < value < 1.0:
             raise ValueError(f"target {kind}={value} must be a fraction to remove, strictly between 0 and 1")
         return self
 
     @property
-    def kind(self) -> Literal["flops", "params", "channels"]:
-        for k in ("flops", "params", "channels"):
+    def kind(self) -> TargetKind:
+        for k in TARGET_KINDS:
             if getattr(self, k) is not None:
                 return k  # type: ignore[return-value]
         raise AssertionError("validated target has no kind")
@@ -54,6 +60,19 @@ class Target(BaseModel):
         return float(getattr(self, self.kind))
 
 
+class Runtime(BaseModel):
+    """Where the pruned model will run: latency (the target, round_to "auto", the report) is
+    measured on onnxruntime with this execution provider, thread count and batch size."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Literal["cpu", "cuda"] = "cpu"
+    threads: int = Field(2, ge=1, le=256)
+    # None: the model's own batch (a dynamic batch axis is measured at 1); a number fixes a
+    # dynamic batch axis for analysis and measurement (the saved model keeps it dynamic)
+    batch: int | None = Field(None, ge=1, le=4096)
+
+
 class Calibration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -61,6 +80,18 @@ class Calibration(BaseModel):
     # Calibration passes run at the graph's own batch size (exports fix it), so there is no
     # batch_size here: a field that changed nothing was removed.
     samples: int = Field(128, ge=1, le=100_000)
+    # Fidelity is measured where the user's task lives: on a split of the data that the criterion
+    # and recovery never see (None: 0.2 of data with at least 10 samples, none of smaller data;
+    # 0: no split, fidelity on the calibration data itself), or on a separate evaluation dataset.
+    eval_fraction: float | None = Field(None, ge=0.0, lt=1.0)
+    eval_dataset_id: str | None = Field(None, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_eval_source(self) -> Calibration:
+        if self.eval_dataset_id and self.eval_fraction:
+            raise ValueError("give either calibration.eval_fraction (a split of the calibration data) "
+                             "or calibration.eval_dataset_id (a separate evaluation set), not both")
+        return self
 
 
 class Recover(BaseModel):
@@ -92,7 +123,9 @@ class PruneSpec(BaseModel):
     scope: Literal["global", "local"] = "global"
     group_reduction: Literal["mean", "sum", "max"] = "mean"
     normalizer: Literal["mean", "max", "sum", "none"] = "mean"
-    round_to: int = Field(1, ge=1, le=4096)
+    # "auto": widths the runtime's kernels want (latency table); an int: kept widths a multiple of it
+    round_to: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
+    runtime: Runtime = Field(default_factory=Runtime)
     max_group_ratio: float = Field(0.9, gt=0.0, lt=1.0)
     ignore: list[Pattern] = Field(default_factory=list, max_length=MAX_IGNORE)
     attention_heads: Literal["auto", "heads", "dims"] = "auto"
@@ -105,6 +138,19 @@ class PruneSpec(BaseModel):
     verify: bool = True     # masked-equivalence check (a failing check fails the job)
     measure: bool = True    # onnxruntime latency and output fidelity (params / MACs always)
     seed: int = Field(0, ge=0, le=2**63 - 1)  # numpy refuses negative seeds
+
+    @field_validator("round_to")
+    @classmethod
+    def _round_to_range(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 4096:
+            raise ValueError(f"round_to must be 'auto' or an integer from 1 to 4096, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _cuda_runtime_needs_cuda(self) -> PruneSpec:
+        if self.runtime.provider == "cuda" and self.device == "cpu":
+            raise ValueError("runtime.provider 'cuda' measures on a GPU: it needs device 'cuda' (or no device)")
+        return self
 
     @field_validator("criterion")
     @classmethod

@@ -28,7 +28,7 @@ from app.core.db.session import get_engine, session_scope
 from app.core.queue import TASK_RUN_JOB, TASK_VALIDATE_MODEL, send_run_job, send_validate_model
 from app.core.storage import BlobStore, make_store
 from pruning_core.frontends.zipsafe import UnsafeZip, safe_extract
-from worker import sandbox, workdirs
+from worker import latency_cache, sandbox, workdirs
 from worker.celery_app import celery_app
 from worker.progress import ProgressReporter
 from worker.sandbox import SandboxFailure
@@ -67,7 +67,14 @@ def _run_model_op(settings: Settings, workdir: Path, request: dict[str, Any], *,
     """``analyze`` / ``prune`` on the files in ``workdir``: in the sandboxed child, or in this
     process when the sandbox is off. Raises SandboxFailure with the job's error code."""
     if settings.sandbox:
-        return sandbox.run(workdir, request, sandbox.Policy.of(settings), progress=progress, poll=poll)
+        cache = settings.data_dir / "latency-cache"
+        if request["op"] == "prune":
+            latency_cache.seed(cache, workdir / "run")
+        try:
+            return sandbox.run(workdir, request, sandbox.Policy.of(settings), progress=progress, poll=poll)
+        finally:
+            if request["op"] == "prune":
+                latency_cache.collect(cache, workdir / "run")
     from pruning_core.errors import Cancelled
 
     result = execute(request, workdir, progress, passthrough=(Cancelled, SoftTimeLimitExceeded))
@@ -283,6 +290,10 @@ def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> _Final:
                 return _failed(f"the model is invalid: {model.reason}", "invalid_model")
             dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
             spec = dict(job.spec)
+            eval_id = (spec.get("calibration") or {}).get("eval_dataset_id")
+            eval_set = session.get(Dataset, eval_id) if eval_id else None
+            if eval_id and (eval_set is None or eval_set.owner_id != job.owner_id):
+                return _failed(f"the eval dataset {eval_id!r} does not exist", "invalid_data")
         reporter("fetch", 0.0, "fetching the model")
         model_path = materialize_model(store, model, workdir / "in", settings)
         request: dict[str, Any] = {"op": "prune", "model": str(model_path.relative_to(workdir)),
@@ -290,6 +301,9 @@ def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> _Final:
         if dataset is not None:
             store.fetch(dataset.sha256, workdir / "in" / "data.npz")
             request["data"] = "in/data.npz"
+        if eval_set is not None:
+            store.fetch(eval_set.sha256, workdir / "in" / "eval.npz")
+            request["eval_data"] = "in/eval.npz"
         reporter("fetch", 1.0, None)
         result = _run_model_op(settings, workdir, request, progress=reporter, poll=_job_watch(db, job_id))
         reporter("store", 0.0, "storing artifacts")
@@ -299,7 +313,8 @@ def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> _Final:
             store, paths, settings.max_upload_bytes * 4, owner.pw_uid if owner is not None else None
         )
         return _Final("succeeded", "succeeded", {
-            "stage": "done", "progress": 1.0, "summary": result["summary"], "report": result["report"],
+            "stage": "done", "progress": 1.0, "summary": _with_fidelity(result["summary"], result["report"]),
+            "report": result["report"],
             "artifacts": artifacts,
         })
     except Cancelled:
@@ -318,6 +333,17 @@ def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> _Final:
     except Exception as e:
         log.exception("job %s crashed", job_id)
         return _failed(f"internal error: {type(e).__name__}: {e}", "internal")
+
+
+def _with_fidelity(summary: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """The job's summary with the fidelity of the result and where it was measured (the user's
+    held-out or eval data, or synthetic inputs), before recovery too when recovery ran."""
+    out = dict(summary)
+    keys = ("inputs", "samples", "cosine", "top1_agreement", "accuracy")
+    for name in ("fidelity", "fidelity_before_recovery"):
+        if isinstance(report.get(name), dict):
+            out[name] = {k: report[name].get(k) for k in keys}
+    return out
 
 
 # --- recovery of jobs whose worker died ---------------------------------------------------------

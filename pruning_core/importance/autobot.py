@@ -165,7 +165,9 @@ def train_gates(ctx: ScoreContext) -> dict:
     net.set_keep(None)
     source.probe([net], device)
 
-    cost = SoftCost(an, spec.target.kind, groups)
+    # a latency target trains toward the same share of MACs; selection then meets the latency
+    # measured on the runtime (pruning_core.latency_target)
+    cost = SoftCost(an, "flops" if spec.target.kind == "latency" else spec.target.kind, groups)
     f_max = cost.full
     target = (1.0 - spec.target.value) * f_max
     mask = torch.as_tensor(trainable).to(device)

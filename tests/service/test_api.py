@@ -181,8 +181,13 @@ def test_oversized_upload_413(settings: Settings, new_key: Any) -> None:
         {"target": {"flops": 0.5, "params": 0.5}},
         {"target": {"flops": 0.5}, "unknown_field": 1},
         {"target": {"channels": 0}},
+        {"target": {"latency": 1.0}},
+        {"target": {"latency": 0.5}, "runtime": {"provider": "tpu"}},
+        {"target": {"flops": 0.5}, "runtime": {"threads": 0}},
+        {"target": {"flops": 0.5}, "round_to": "fast"},
     ],
-    ids=["unknown-criterion", "target-1.5", "two-targets", "extra-field", "target-0"],
+    ids=["unknown-criterion", "target-1.5", "two-targets", "extra-field", "target-0", "latency-1",
+         "unknown-provider", "threads-0", "round-to-word"],
 )
 def test_bad_spec_422_and_no_job(
     api: Any, auth: dict[str, str], zoo: dict[str, Path], settings: Settings, spec: dict[str, Any]
@@ -201,7 +206,8 @@ def test_submit_get_events(api: Any, auth: dict[str, str], zoo: dict[str, Path],
     job = r.json()
     assert r.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["state"] == "queued" and job["queue"] == settings.queue_cpu and job["attempts"] == 0
-    assert job["spec"]["target"] == {"flops": 0.5, "params": None, "channels": None}
+    assert job["spec"]["target"] == {"flops": 0.5, "params": None, "channels": None, "latency": None}
+    assert job["spec"]["round_to"] == "auto" and job["spec"]["runtime"] == {"provider": "cpu", "threads": 2, "batch": None}
     got = api.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert got["id"] == job["id"] and got["artifacts"] == []
     events = api.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()

@@ -67,6 +67,9 @@ def test_round_trip(live: Any, auth: dict[str, str], zoo: dict[str, Path], tmp_p
     )
     report = live.get(f"/v1/jobs/{job['id']}/artifacts/report.json", headers=auth).json()
     assert report["macs"]["after"] == s["macs_after"]
+    # measured by the worker on the spec's runtime: speed-up and efficiency in the job view too
+    assert s["speedup"] == report["latency_ms"]["speedup"] > 0 and s["efficiency"] == report["latency_ms"]["efficiency"]
+    assert report["runtime"]["provider"] == "cpu" and report["layers"]
     problem(live.get(f"/v1/jobs/{job['id']}/artifacts/nothing.onnx", headers=auth), 404)
 
     import onnxruntime as ort  # the pruned model really runs, and keeps the interface

@@ -13,9 +13,14 @@ import onnx
 from tests.zoo.check import ort_session, run_ort
 from tests.zoo.export import example_data
 
-SPEC: dict[str, Any] = {"target": {"channels": 0.3}, "criterion": "l1", "scope": "global"}
-# Global l1 rarely picks whole attention heads; half of every group, locally, reaches head and GQA surgery.
-LOCAL_SPEC: dict[str, Any] = {"target": {"channels": 0.5}, "criterion": "l1", "scope": "local"}
+# The zoo checks analysis and surgery on every architecture, so no timing (measure: false): its nets
+# run in 0.05 ms, where a 30 % channel cut at odd widths can measure slower and would be refused
+# (runtime speed: tests/core/runtime/test_latency.py and bench/runtime_speed.py).
+SPEC: dict[str, Any] = {"target": {"channels": 0.3}, "criterion": "l1", "scope": "global", "measure": False}
+# Global l1 rarely picks whole attention heads; half of every group, locally, reaches head and GQA surgery
+# (single-channel steps, so that every group, however narrow, can lose half).
+LOCAL_SPEC: dict[str, Any] = {"target": {"channels": 0.5}, "criterion": "l1", "scope": "local", "round_to": 1,
+                              "measure": False}
 VERIFY_RTOL = 1e-4
 
 

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.api.deps import OwnerDep, SenderDep, SessionDep, SettingsDep, StoreDep
 from app.api.errors import ProblemError, not_found, problems
@@ -20,8 +21,10 @@ from app.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, paginate
 from app.api.schemas import CancelOut, EventList, EventOut, JobCreate, JobOut, Page
 from app.core import jobstate
 from app.core.db.models import Dataset, Job, JobEvent, Model
-from app.core.npz import BadNpz, check_names
+from app.core.npz import BadNpz, check_names, sample_count
 from app.core.queue import send_run_job
+from pruning_core.errors import DataError
+from pruning_core.runtime.holdout import holdout_count
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -99,18 +102,22 @@ def create_job(
         raise not_found("model")
     if model.state == "invalid":
         raise ProblemError(422, f"the model is invalid: {model.reason}", title="Invalid model")
+    dataset = None
     if dataset_id:
         dataset = session.get(Dataset, dataset_id)
         if dataset is None or dataset.owner_id != owner:
             raise not_found("dataset")
-        try:
-            check_names(dataset.arrays, model.summary)  # now if the model is analysed; else the worker
+        try:  # now if the model is analysed; else the worker
+            check_names(dataset.arrays, model.summary, body.spec.input_shapes)
         except BadNpz as e:
             raise ProblemError(
                 422, f"the dataset does not fit the model: {e}", title="Invalid dataset"
             ) from e
+    _check_evaluation(session, owner, model, dataset, body)
 
-    queue = settings.queue_gpu if body.spec.device == "cuda" else settings.queue_cpu
+    # a CUDA runtime is measured on a GPU worker, like a CUDA device
+    on_gpu = body.spec.device == "cuda" or body.spec.runtime.provider == "cuda"
+    queue = settings.queue_gpu if on_gpu else settings.queue_cpu
     job = Job(
         owner_id=owner,
         model_id=model.id,
@@ -141,6 +148,31 @@ def create_job(
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     session.refresh(job)
     return job_out(job)
+
+
+def _check_evaluation(
+    session: Session, owner: str, model: Model, dataset: Dataset | None, body: JobCreate
+) -> None:
+    """Where fidelity will be measured must exist and fit: the eval dataset (a field of the spec,
+    so an unknown id is a 422, not a 404), or a split that leaves calibration samples."""
+    cal = body.spec.calibration
+    if cal.eval_dataset_id:
+        ev = session.get(Dataset, cal.eval_dataset_id)
+        if ev is None or ev.owner_id != owner:
+            raise ProblemError(
+                422, f"the eval dataset {cal.eval_dataset_id!r} does not exist", title="Invalid dataset"
+            )
+        try:
+            check_names(ev.arrays, model.summary, body.spec.input_shapes)
+        except BadNpz as e:
+            raise ProblemError(
+                422, f"the eval dataset does not fit the model: {e}", title="Invalid dataset"
+            ) from e
+    n = sample_count(dataset.arrays) if dataset is not None else None
+    try:
+        holdout_count(n, cal.eval_fraction, separate_eval=bool(cal.eval_dataset_id))
+    except DataError as e:
+        raise ProblemError(422, str(e), title="Invalid dataset") from e
 
 
 @router.get(

@@ -29,7 +29,9 @@ from client.apply_plan import PlanMismatchError, apply_plan
 from pruning_core.errors import ModelLoadError
 from pruning_core.plan import PLAN_VERSION, Plan, PlanError
 
-SPEC: dict[str, Any] = {"target": {"flops": 0.3}}
+# no timing: these tests are about programs in and out; their nets run in 0.05 ms, where a cut at
+# the fine widths a small net needs can measure slower and be refused (tests/core/runtime/test_latency.py)
+SPEC: dict[str, Any] = {"target": {"flops": 0.3}, "measure": False}
 TOL = 1e-4
 
 
@@ -153,7 +155,8 @@ def _cases() -> dict[str, Callable[[], Case]]:
         "vit": lambda: _zoo("vit"),
         "bert": lambda: _zoo("bert"),
         "gpt2": lambda: _zoo("gpt2"),
-        "tiny_cnn": lambda: _hand(TinyCNN, (torch.randn(1, 3, 16, 16, generator=g),)),
+        # single-channel steps: the plan tests read which channels of the 16-wide stem went
+        "tiny_cnn": lambda: _hand(TinyCNN, (torch.randn(1, 3, 16, 16, generator=g),), {**SPEC, "round_to": 1}),
         "tiny_transformer": lambda: _hand(TinyTransformer, (torch.randint(0, 50, (1, 16), generator=g),)),
         # approximate: the residual width goes too (embeddings, LayerNorms, the tied head's columns,
         # the position table whose lookup the core folds into a constant)
