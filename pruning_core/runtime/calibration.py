@@ -8,7 +8,13 @@ a dynamic batch axis). Without data, inputs are generated from the graph itself:
   torch twin) until every BatchNormalization sees the batch mean and variance of its running
   statistics (the statistic loss of DeepInversion, Yin et al. 2020): the running statistics are
   the one trace of the training data a model carries, and activations that match them make the
-  layer Hessians of OBSPA far closer to the real ones than plain noise does;
+  layer Hessians of OBSPA far closer to the real ones than plain noise does. The cost is bounded
+  (``synth_plan``): the samples optimized together hold their autograd graphs (at most
+  ``SYNTH_BYTES`` of activations), and the whole synthesis spends at most ``SYNTH_MACS``
+  (samples x steps x MACs per sample; steps go down to ``SYNTH_MIN_STEPS`` before samples go
+  down): a 640x640 detector gets one sample and ~20 steps, a digits CNN the full 32 x 50. The
+  samples run through the twin as one batch when the twin gives the same activations that way
+  (most graphs do not depend on the batch size they were exported at);
 - other models, or when the twin cannot run the graph: ``data.synthetic_inputs`` (Gaussian after
   the model's own normalization, valid token ids, masks of ones), a new seed per batch.
 
@@ -37,6 +43,9 @@ SYNTHESIZE = True    # False: plain Gaussian data-free inputs even for BatchNorm
 SYNTH_SAMPLES = 32   # data-free samples synthesized for models with BatchNorm
 SYNTH_STEPS = 50     # Adam steps on those inputs
 SYNTH_LR = 0.1       # in the model's normalized input space (unit scale)
+SYNTH_MACS = 5e10    # forward MACs the whole synthesis may spend (samples x steps x MACs per sample)
+SYNTH_MIN_STEPS = 15  # steps are cut down to this before samples are
+SYNTH_BYTES = 512 << 20  # activations of the samples optimized together (their autograd graphs)
 
 
 @dataclass
@@ -65,7 +74,7 @@ def batches(g: Graph, data: dict[str, np.ndarray] | None = None, class_labels: n
 
     With data, the last batch is filled up by wrapping around (the model's batch size is fixed).
     Without data: for BatchNorm models ``min(samples, SYNTH_SAMPLES)`` synthesized samples (rounded
-    up to whole batches: synthesis is the costly part, and matched statistics need few samples),
+    up to whole batches, fewer for costly models: ``synth_plan``),
     else ``ceil(samples / batch)`` Gaussian batches, each with its own seed. ``progress(fraction)``
     follows the synthesis steps."""
     bsz = model_batch(g)
@@ -129,6 +138,34 @@ def _synth_key(g: Graph, samples: int, seed: int, steps: int) -> tuple | None:
     return (str(Path(g.path).resolve()), st.st_mtime_ns, st.st_size, shapes, samples, seed, steps)
 
 
+def _act_bytes(g: Graph) -> int:
+    """Bytes of every node output of one model batch (float32): what a forward pass holds for
+    its backward pass, about."""
+    total = 0
+    for n in g.nodes:
+        for o in n.output:
+            try:
+                total += int(np.prod(g.shape(o), dtype=np.int64)) * 4
+            except KeyError:
+                continue
+    return total
+
+
+def synth_plan(g: Graph, samples: int, steps: int) -> tuple[int, int]:
+    """(model batches, steps) of a bounded synthesis: at most ``min(samples, SYNTH_SAMPLES)``
+    samples, their activations within ``SYNTH_BYTES``, and samples x steps x MACs within
+    ``SYNTH_MACS``, steps cut first (down to ``SYNTH_MIN_STEPS``), then samples (down to one
+    model batch), then steps again (down to one)."""
+    bsz = model_batch(g)
+    n = max(1, min(-(-min(samples, SYNTH_SAMPLES) // bsz), SYNTH_BYTES // max(1, _act_bytes(g))))
+    macs = max(1, metrics.count_macs(g))  # per model batch
+    if n * steps * macs > SYNTH_MACS:
+        floor = min(steps, SYNTH_MIN_STEPS)
+        n = max(1, min(n, int(SYNTH_MACS // (floor * macs))))
+        steps = max(1, min(steps, int(SYNTH_MACS // (n * macs))))
+    return n, steps
+
+
 def bn_matched(g: Graph, samples: int = SYNTH_SAMPLES, seed: int = 0, steps: int | None = None,
                progress: Callable[[float], None] | None = None) -> list[Batch] | None:
     """Data-free inputs whose BatchNorm batch statistics match the running statistics; None when
@@ -163,7 +200,7 @@ def _synthesize(g: Graph, samples: int, seed: int, steps: int,
     twin.eval()
     twin.requires_grad_(False)
     bsz = model_batch(g)
-    k = max(1, -(-min(samples, SYNTH_SAMPLES) // bsz))  # model batches per statistics batch
+    k, steps = synth_plan(g, samples, steps)  # model batches per statistics batch
     starts = [data_mod.synthetic_inputs(g, batch=bsz, seed=seed + 7919 * (i + 1)) for i in range(k)]
     # Optimize z in the model's normalized input space, x = (z - b) / a, so one learning rate fits.
     affine = {}
@@ -183,10 +220,16 @@ def _synthesize(g: Graph, samples: int, seed: int, steps: int,
         out.update({n: (z - affine[n][1]) / affine[n][0] for n, z in zs[i].items()})
         return out
 
+    def whole() -> dict:
+        parts = [feeds(i) for i in range(k)]
+        return {n: torch.cat([f[n] for f in parts]) for n in g.inputs}
+
+    big = _batched_twin(g, twin, k, [feeds(i) for i in range(k)], whole(), names) if k > 1 else None
     for step in range(steps):
         if progress is not None:
             progress(step / steps)
-        caps = [twin.run(feeds(i), capture=names)[1] for i in range(k)]
+        caps = [big.run(whole(), capture=names)[1]] if big is not None else \
+            [twin.run(feeds(i), capture=names)[1] for i in range(k)]
         loss = torch.zeros(())
         for name, (rm, rv) in zip(names, target, strict=True):
             act = torch.cat([c[name] for c in caps]).float()
@@ -203,6 +246,47 @@ def _synthesize(g: Graph, samples: int, seed: int, steps: int,
             out.append(Batch({n: f[n].numpy().astype(starts[i][n].dtype) if n in floats else starts[i][n]
                               for n in g.inputs}))
     return out
+
+
+def _batched_twin(g: Graph, twin, k: int, parts: list[dict], whole: dict, names: list[str]):
+    """A twin that runs the ``k`` model batches stacked into one and gives the activations
+    ``twin`` gives batch by batch: ``twin`` itself when the graph does not depend on its batch
+    size, else the graph normalized again at the bigger batch (a Reshape folded for batch 1 is
+    folded for the bigger one: models with a dynamic batch axis); None when neither does (then
+    the synthesis runs batch by batch, ``k`` times the Python overhead per step)."""
+    import torch
+
+    from pruning_core.twin.executor import OnnxTwin
+
+    with torch.no_grad():  # the first two batches suffice: a batch-size dependence shows in each
+        ref = [twin.run(f, capture=names)[1] for f in parts[:2]]
+
+    def same(cand) -> bool:
+        try:
+            with torch.no_grad():
+                got = cand.run(whole, capture=names)[1]
+        except Exception:  # an op that cannot take the bigger batch
+            return False
+        for n in names:
+            want = torch.cat([c[n] for c in ref]).float()
+            if got[n].shape[1:] != want.shape[1:] or got[n].shape[0] != k * ref[0][n].shape[0]:
+                return False
+            have = got[n][:len(want)].float()
+            if not torch.allclose(have, want, rtol=1e-3, atol=1e-4 * float(want.abs().max()) + 1e-6):
+                return False
+        return True
+
+    if same(twin):
+        return twin
+    try:
+        from pruning_core.ir.graph import reload
+
+        big = OnnxTwin(reload(g, {n: [len(whole[n]), *g.shape(n)[1:]] for n in g.inputs}).full_model())
+    except Exception:  # a static batch axis, or an op the twin lacks at that size
+        return None
+    big.eval()
+    big.requires_grad_(False)
+    return big if same(big) else None
 
 
 def with_outputs(g: Graph, tensors: Iterable[str]) -> LightModel:
