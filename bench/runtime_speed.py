@@ -166,6 +166,9 @@ def _session(path: str, provider: str, threads: int) -> Any:
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # models are timed in turn: a pool thread left spinning after one model's run would steal a
+    # core from the next model's run (as in pruning_core.runtime.latency.session)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
     return ort.InferenceSession(path, opts, providers=providers)
 
@@ -549,7 +552,7 @@ def _markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace, meta
         + (f", `round_to={args.tp_round_to}`" if args.tp_round_to else "")
         + "; then exported like the source. For the detector it prunes the equivalent model with two "
         "convolutions in place of each C2f split, as Torch-Pruning's YOLOv8 example does.",
-        f"- Timing: onnxruntime, `intra_op_num_threads` = threads, `inter_op_num_threads` = 1, all graph "
+        f"- Timing: onnxruntime, `intra_op_num_threads` = threads, `inter_op_num_threads` = 1, no spinning of idle pool threads (models are timed in turn), all graph "
         f"optimizations; the original and the pruned models timed in turn (one run each per round, the order "
         f"rotating) after {args.warmup} warm-up runs each, for {budget} per row and at least {args.min_rounds} "
         "rounds; medians. **noise**: the largest interquartile range / median among the row's models.",

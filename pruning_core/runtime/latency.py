@@ -69,13 +69,17 @@ class RuntimeConfig:
 
 def session(model: Any, rt: RuntimeConfig):
     """A timing session: constant weights (so onnxruntime prepacks them), all graph
-    optimizations, ``rt.threads`` intra-op threads."""
+    optimizations, ``rt.threads`` intra-op threads that sleep when idle."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = rt.threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # Sessions are timed in turn (the original and a candidate, one-node models): a pool thread
+    # left spinning after one session's run steals a core from the next one's, and on a small
+    # machine the two-thread timings then say more about the order than about the models.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     src = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
     return ort.InferenceSession(src, opts, providers=rt.providers())
 
