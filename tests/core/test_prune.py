@@ -16,13 +16,17 @@ from pruning_core.errors import ModelLoadError, SpecError, UnreachableTargetErro
 from pruning_core.ir import graph
 from pruning_core.runtime.data import synthetic_inputs
 
+# "measure": False where a test is about targets and the cut, not speed: these nets run in 0.1 ms,
+# where the odd widths a 16-channel group needs can measure slower and be refused (that refusal is
+# tested in tests/core/runtime/test_latency.py).
+
 
 @pytest.mark.parametrize("kind,value", [("flops", 0.3), ("flops", 0.5), ("params", 0.4), ("channels", 0.3)])
 @pytest.mark.parametrize("net", ["mixnet", "attn"])
 def test_targets_met_and_verified(net: str, kind: str, value: float, request: pytest.FixtureRequest,
                                   tmp_path: Path) -> None:
     path = request.getfixturevalue(f"{net}_onnx")
-    res = api.prune(path, {"target": {kind: value}}, tmp_path)
+    res = api.prune(path, {"measure": False, "target": {kind: value}}, tmp_path)
     rep = res.report
     if kind != "channels":
         got = rep["macs" if kind == "flops" else "params"]["removed_fraction"]
@@ -57,14 +61,14 @@ def test_verify_catches_a_wrong_surgery(mixnet_onnx: Path) -> None:
 
 
 def test_local_scope_same_ratio_per_group(mixnet_onnx: Path, tmp_path: Path) -> None:
-    res = api.prune(mixnet_onnx, {"target": {"channels": 0.5}, "scope": "local", "max_group_ratio": 0.9}, tmp_path)
+    res = api.prune(mixnet_onnx, {"measure": False, "target": {"channels": 0.5}, "scope": "local", "max_group_ratio": 0.9}, tmp_path)
     pruned = [g for g in res.report["groups"] if g["candidate"]]
     ratios = {round(1 - g["kept"] / g["total"], 2) for g in pruned}
     assert ratios == {0.5}
 
 
 def test_round_to_and_ignore(mixnet_onnx: Path, tmp_path: Path) -> None:
-    res = api.prune(mixnet_onnx, {"target": {"channels": 0.4}, "round_to": 4, "ignore": ["c3.*"]}, tmp_path)
+    res = api.prune(mixnet_onnx, {"measure": False, "target": {"channels": 0.4}, "round_to": 4, "ignore": ["c3.*"]}, tmp_path)
     for g in res.report["groups"]:
         if g["kept"] < g["total"]:
             assert g["kept"] % 4 == 0
@@ -117,7 +121,7 @@ def test_external_data_cannot_leave_the_model_folder(tmp_path: Path, mixnet_onnx
 def test_external_data_inside_folder_loads(tmp_path: Path, mixnet_onnx: Path) -> None:
     m = onnx.load(mixnet_onnx)
     onnx.save(m, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.data", size_threshold=0)
-    res = api.prune(tmp_path / "ext.onnx", {"target": {"flops": 0.3}}, tmp_path / "out")
+    res = api.prune(tmp_path / "ext.onnx", {"measure": False, "target": {"flops": 0.3}}, tmp_path / "out")
     assert res.report["verify"]["passed"]
 
 

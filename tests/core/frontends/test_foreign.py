@@ -54,7 +54,7 @@ def test_tf_style_graph_prunes_and_verifies(tmp_path: Path) -> None:
     summary = api.analyze(path)
     names = {g["name"] for g in summary["groups"] if g["prunable"]}
     assert {"w1", "w2", "wl"} <= names  # NHWC conv channels, conv2 channels, the left-weight rows
-    res = api.prune(path, {"target": {"flops": 0.4}}, tmp_path / "out")
+    res = api.prune(path, {"measure": False, "target": {"flops": 0.4}}, tmp_path / "out")
     assert res.report["verify"]["passed"]
     kept = {g["name"]: (g["kept"], g["total"]) for g in res.report["groups"]}
     assert kept["w1"][0] < 12  # the NHWC-scaled channels were cut, scale / shift sliced with them
@@ -75,7 +75,7 @@ def test_zip_upload_with_external_data(tmp_path: Path) -> None:
     with zipfile.ZipFile(z, "w") as zf:
         zf.write(src / "model.onnx", "model/model.onnx")
         zf.write(src / "weights.bin", "model/weights.bin")
-    res = api.prune(z, {"target": {"flops": 0.3}}, tmp_path / "out")
+    res = api.prune(z, {"measure": False, "target": {"flops": 0.3}}, tmp_path / "out")
     assert res.report["verify"]["passed"] and res.report["source"]["kind"] == "onnx"
 
 
@@ -124,6 +124,6 @@ def test_op_without_rule_blocks_only_its_group(tmp_path: Path) -> None:
     assert not groups["wa"]["prunable"]
     assert "LpNormalization" in groups["wa"]["reasons"][0] and "mixes channels" in groups["wa"]["reasons"][0]
     assert groups["wc"]["prunable"]
-    res = api.prune(path, {"target": {"channels": 0.3}}, tmp_path / "out")
+    res = api.prune(path, {"measure": False, "target": {"channels": 0.3}}, tmp_path / "out")
     kept = {g["name"]: g["kept"] for g in res.report["groups"]}
     assert kept["wa"] == 8 and kept["wc"] < 8 and res.report["verify"]["passed"]

@@ -57,7 +57,7 @@ def test_flops_target_met_through_api(tmp_path: Path) -> None:
 
     cases = [("flops", "macs", 0.3), ("flops", "macs", 0.5), ("params", "params", 0.4)]
     for kind, figure, target in cases:  # the soft cost model follows the target's kind
-        r = api.prune(path, {"target": {kind: target}, "criterion": "autobot", "autobot": FAST,
+        r = api.prune(path, {"measure": False, "target": {kind: target}, "criterion": "autobot", "autobot": FAST,
                              "input_shapes": {"x": [8, 1, 8, 8]}}, tmp_path / f"{kind}{target}", progress=progress)
         assert abs(r.report[figure]["removed_fraction"] - target) <= 0.01 * target
         assert r.report["verify"]["passed"]
@@ -113,7 +113,7 @@ def test_01_gated_model_equals_pruned_model(mixnet_onnx: Path) -> None:
 
 def test_01_gated_accuracy_equals_pruned_accuracy_and_beats_l1_on_digits(tmp_path: Path) -> None:
     path, xtr, ytr, xte, yte = digits_model()
-    spec = {"target": {"flops": 0.6}, "criterion": "autobot", "input_shapes": {"x": [32, 1, 8, 8]},
+    spec = {"measure": False, "target": {"flops": 0.6}, "criterion": "autobot", "input_shapes": {"x": [32, 1, 8, 8]},
             "autobot": {"steps": 30, "batch_size": 32}}
     np.savez(tmp_path / "calib.npz", x=xtr[:256], labels=ytr[:256])
     r = api.prune(path, spec, tmp_path / "ab", data=tmp_path / "calib.npz")
