@@ -63,9 +63,14 @@ class _Plan:
 
 
 def symbols(g: graph_mod.Graph) -> list[Symbol]:
-    """The dynamic dims of ``g``'s original inputs, with the sizes analysis fixed them to."""
+    """The dynamic dims of ``g``'s original inputs, with the sizes analysis fixed them to. Kept on
+    ``g``: their probes (``g`` normalized at another size) serve every later restore, e.g. each
+    try of a latency target."""
     if g.unfixed is None:
         return []
+    cached = getattr(g, "_signature_symbols", None)
+    if cached is not None:
+        return cached
     fixed = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in g.model.graph.input}
     by_name: dict[str, Symbol] = {}
     out: list[Symbol] = []
@@ -82,6 +87,7 @@ def symbols(g: graph_mod.Graph) -> list[Symbol]:
             s.dims.append((inp.name, axis))
             if size != s.base:
                 s.pinned = f"its dims were fixed to different sizes ({s.base}, {size})"
+    g._signature_symbols = out  # type: ignore[attr-defined]
     return out
 
 
@@ -97,7 +103,7 @@ def restore(model: LightModel | ModelProto, g: graph_mod.Graph) -> LightModel | 
     syms = symbols(g)
     fixed = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in g.model.graph.input}
     for s in syms:
-        if s.pinned:
+        if s.pinned or s.probe is not None:
             continue
         shapes = {k: list(v) for k, v in fixed.items()}
         for inp, axis in s.dims:

@@ -307,6 +307,22 @@ class LatencyTable:
             out[grp.id] = max(0.0, self.base - self.predict(r)) / n if n else 0.0
         return out
 
+    def leverage(self, groups: Iterable[Any]) -> dict[int, float]:
+        """Per group: the share of the model's predicted time its removable channels save over the
+        share of its MACs they save (> 1: a MAC there costs more time than the average MAC)."""
+        out = {}
+        macs0 = float(self.macs0.sum())
+        for grp in groups:
+            r = np.zeros(self.an.n_channels, dtype=bool)
+            r[grp.channels[grp.removable]] = True
+            if not r.any():
+                continue
+            dms = max(0.0, self.base - self.predict(r)) / self.base
+            macs, _ = self._after(r)
+            dmacs = (macs0 - float(macs.sum())) / macs0
+            out[grp.id] = dms / dmacs if dmacs > 0 else 1.0
+        return out
+
     def layers(self, removed: np.ndarray) -> list[dict[str, Any]]:
         """Per costly node: MACs, and one-node latency at the original and the chosen shapes,
         timed in turn on the same runtime (identical pairs measured once)."""
@@ -341,8 +357,12 @@ class Stopwatch:
 
     def __init__(self, g: Graph, path: Path, rt: RuntimeConfig, inputs: dict[str, np.ndarray],
                  pair_limit_bytes: int = 1 << 30) -> None:
+        from pruning_core.ir.signature import restore
+
         self.path, self.rt, self.inputs = path, rt, inputs
-        g.light().save(path)
+        # with the original's signature (its dynamic dims), like every candidate timed against it:
+        # what the user runs; a graph with every shape static optimizes differently
+        restore(g.light(), g).save(path)
         self.big = sum(a.nbytes for a in g.inits.values()) > pair_limit_bytes
         self.sess = None if self.big else session(path, rt)
 
