@@ -70,8 +70,7 @@ def meet_latency(an: Any, scores: dict[int, np.ndarray], opts: SelectOptions,
         before, after = time_pair(removed, False)
         t = Trial(aim, removed, before, after)
         if ok(t, AIM):  # confirmed by a longer timing, which replaces the first
-            t = Trial(aim, removed, *time_pair(removed, True))
-            t.confirmed = True
+            t = Trial(aim, removed, *time_pair(removed, True), confirmed=True)
         trials.append(t)
         if progress is not None:
             progress((i + 1) / MAX_TRIES, f"latency try {i + 1}: aim {aim:.3f}, measured {t.fraction:.3f} "

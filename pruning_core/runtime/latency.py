@@ -276,12 +276,15 @@ class LatencyTable:
         # their activations; a whole-model time below the layers' sum (fusion) leaves no rest
         self.rest_ms = max(0.0, (whole_ms or layers) - layers)
         self.base = self.predict(None)
+        self._saved: dict[int, tuple[int, float, float]] = {}
 
     def predict(self, removed: np.ndarray | None) -> float:
         """Predicted whole-model latency (ms) once ``removed`` channels are gone."""
         if removed is None or not removed.any():
             return float(self.ms0.sum() + self.rest_ms)
-        macs, acts = self._after(removed)
+        return self._predict(*self._after(removed))
+
+    def _predict(self, macs: np.ndarray, acts: np.ndarray) -> float:
         node = self.ms0 * np.divide(macs, self.macs0, out=np.ones_like(macs), where=self.macs0 > 0)
         rest = self.rest_ms * (acts.sum() / self.acts0.sum() if self.acts0.sum() else 1.0)
         return float(node.sum() + rest)
@@ -296,31 +299,38 @@ class LatencyTable:
     def removed_fraction(self, removed: np.ndarray) -> float:
         return 1.0 - self.predict(removed) / self.base if self.base > 0 else 0.0
 
+    def _savings(self, grp: Any) -> tuple[int, float, float]:
+        """(channels, predicted ms saved, costly-node MACs saved) when all of ``grp``'s removable
+        channels go; computed once per group (selection asks for it per target try)."""
+        if grp.id not in self._saved:
+            r = np.zeros(self.an.n_channels, dtype=bool)
+            r[grp.channels[grp.removable]] = True
+            n = int(r.sum())
+            if not n:
+                self._saved[grp.id] = (0, 0.0, 0.0)
+            else:
+                macs, acts = self._after(r)
+                self._saved[grp.id] = (n, max(0.0, self.base - self._predict(macs, acts)),
+                                       float(self.macs0.sum() - macs.sum()))
+        return self._saved[grp.id]
+
     def ms_per_channel(self, groups: Iterable[Any]) -> dict[int, float]:
         """Predicted milliseconds saved per removed channel of each group (all of its removable
         channels removed, averaged): the denominator of importance-per-millisecond."""
         out = {}
         for grp in groups:
-            r = np.zeros(self.an.n_channels, dtype=bool)
-            r[grp.channels[grp.removable]] = True
-            n = int(r.sum())
-            out[grp.id] = max(0.0, self.base - self.predict(r)) / n if n else 0.0
+            n, ms, _ = self._savings(grp)
+            out[grp.id] = ms / n if n else 0.0
         return out
 
     def leverage(self, groups: Iterable[Any]) -> dict[int, float]:
         """Per group: the share of the model's predicted time its removable channels save over the
         share of its MACs they save (> 1: a MAC there costs more time than the average MAC)."""
         out = {}
-        macs0 = float(self.macs0.sum())
         for grp in groups:
-            r = np.zeros(self.an.n_channels, dtype=bool)
-            r[grp.channels[grp.removable]] = True
-            if not r.any():
-                continue
-            dms = max(0.0, self.base - self.predict(r)) / self.base
-            macs, _ = self._after(r)
-            dmacs = (macs0 - float(macs.sum())) / macs0
-            out[grp.id] = dms / dmacs if dmacs > 0 else 1.0
+            n, ms, macs = self._savings(grp)
+            if n:
+                out[grp.id] = (ms / self.base) / (macs / self.macs0.sum()) if macs > 0 else 1.0
         return out
 
     def layers(self, removed: np.ndarray) -> list[dict[str, Any]]:
