@@ -26,9 +26,11 @@ Pruned models are cached by their configuration; ``--reuse`` keeps them (only th
 
 Timing (one subprocess per model): onnxruntime sessions with ``intra_op_num_threads`` = 1 or 2,
 ``inter_op_num_threads`` = 1, all graph optimizations; per (batch, threads) the original and the
-pruned models are timed in turn, one run of each per round (the order rotating), after warm-up runs,
-for ``--budget`` seconds (default 8 s at batch 1, 20 s at larger batches) and at least 5 rounds; the
-median per model counts. MACs of every file are counted the same way (pruning_core's counter on the
+pruned models are timed in turn, one slice of each per round (the order rotating), after warm-up runs,
+for ``--budget`` seconds (default 8 s at batch 1, 20 s at larger batches) and at least 5 timed runs each;
+a slice is 2 untimed runs and 3 timed ones, or one timed run where a run takes over 50 ms (a model
+served repeatedly runs warm; one run at a time after another model's starts partly cold, which
+penalizes small models: see ``pruning_core.runtime.latency.time_in_turn``). The median per model counts. MACs of every file are counted the same way (pruning_core's counter on the
 ONNX graph, batch 1), so **MAC ratio** = original MACs / pruned MACs, **speed-up** = original median /
 pruned median, **efficiency** = speed-up / MAC ratio. With an onnxruntime that has the
 CUDAExecutionProvider (``--cuda``, on by default where it exists) the same models are also timed on
@@ -48,6 +50,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+# each model's turn is pruning_core.runtime.latency.timed_slice (the comment there says why)
+from pruning_core.runtime.latency import BLOCK, SETTLE, SLICE_MS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("resnet50", "mobilenet_v2", "vit_b16", "bert_base", "yolov8")
@@ -182,6 +187,8 @@ def worker_time(plan_file: Path) -> dict[str, Any]:
     ``{"files": {label: path}, "configs": [{provider, batch, threads, budget, variants}], warmup, min_rounds}``."""
     import numpy as np
 
+    from pruning_core.runtime.latency import timed_slice
+
     plan = json.loads(plan_file.read_text())
     rows = []
     sessions: dict[tuple[str, int], dict[str, Any]] = {}
@@ -216,18 +223,18 @@ def worker_time(plan_file: Path) -> dict[str, Any]:
                 continue
             live.append(label)
             feeds.append((s, x))
+        slow = []
         for s, x in feeds:
+            t0 = time.perf_counter()
             for _ in range(plan["warmup"]):
                 s.run(None, x)
+            slow.append((time.perf_counter() - t0) * 1e3 / plan["warmup"] > SLICE_MS)
         times: list[list[float]] = [[] for _ in live]
         t_start, rounds = time.perf_counter(), 0
-        while live and (rounds < plan["min_rounds"] or time.perf_counter() - t_start < cfg["budget"]):
+        while live and (min(map(len, times)) < plan["min_rounds"] or time.perf_counter() - t_start < cfg["budget"]):
             for j in range(len(live)):
                 i = (j + rounds) % len(live)   # rotate who goes first
-                s, x = feeds[i]
-                t0 = time.perf_counter()
-                s.run(None, x)
-                times[i].append((time.perf_counter() - t0) * 1e3)
+                times[i] += timed_slice(*feeds[i], slow[i])   # a warm slice, as served
             rounds += 1
         row["rounds"] = rounds
         row["seconds"] = round(time.perf_counter() - t_start, 2)
@@ -553,9 +560,10 @@ def _markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace, meta
         + "; then exported like the source. For the detector it prunes the equivalent model with two "
         "convolutions in place of each C2f split, as Torch-Pruning's YOLOv8 example does.",
         f"- Timing: onnxruntime, `intra_op_num_threads` = threads, `inter_op_num_threads` = 1, no spinning of idle pool threads (models are timed in turn), all graph "
-        f"optimizations; the original and the pruned models timed in turn (one run each per round, the order "
-        f"rotating) after {args.warmup} warm-up runs each, for {budget} per row and at least {args.min_rounds} "
-        "rounds; medians. **noise**: the largest interquartile range / median among the row's models.",
+        f"optimizations; the original and the pruned models timed in turn (one slice of each per round, the order "
+        f"rotating: {SETTLE} untimed runs then {BLOCK} timed ones, warm as in serving; one timed run where a run takes over "
+        f"{SLICE_MS:.0f} ms) after {args.warmup} warm-up runs each, for {budget} per row and at least {args.min_rounds} "
+        "timed runs each; medians. **noise**: the largest interquartile range / median among the row's models.",
         "- **speed-up** = original median / pruned median; **MAC ratio** = original MACs / pruned MACs (every "
         "file counted by pruning_core's counter at batch 1); **eff.** = speed-up / MAC ratio; **lat. removed** "
         f"= 1 − pruned / original (the target: {args.latency:.0%} ± {LATENCY_TOLERANCE * (1 - args.latency):.1%});"
@@ -674,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", choices=VARIANTS, action="append", default=[], help="leave a variant out")
     ap.add_argument("--reuse", action="store_true", help="keep pruned models cached with the same configuration (failed ones are pruned again)")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--min-rounds", type=int, default=5)
+    ap.add_argument("--min-rounds", type=int, default=5, help="timed runs per model at least")
     ap.add_argument("--work", type=Path, default=REPO_ROOT / ".zoo_cache" / "runtime_speed",
                     help="exports, pruned models, timing plans")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "runtime_speed.md",

@@ -371,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("spa: interrupted\n")
         return 130
     except Exception as e:  # never a traceback for the user; the message names the problem
-        sys.stderr.write(f"spa: error: {type(e).__name__}: {e}\n")
+        detail = " ".join(str(e).split())
+        sys.stderr.write(f"spa: error: unexpected failure: {detail or 'no details were given'}\n")
     return EXIT_USAGE
 
 

@@ -6,11 +6,12 @@ load -> analyze -> score -> select -> surgery -> verify -> measure -> save. Prog
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from onnx import ModelProto, helper
 from pruning_core import surgery
 from pruning_core.analysis.groups import Analysis
 from pruning_core.analysis.groups import analyze as analyze_graph
-from pruning_core.errors import PruneError
+from pruning_core.errors import Cancelled, InternalError, PruneError, describe
 from pruning_core.frontends import open_model
 from pruning_core.importance import CRITERIA, ScoreContext, score
 from pruning_core.ir import graph as graph_mod
@@ -64,10 +65,10 @@ def _io(g: graph_mod.Graph, names: list[str]) -> list[dict]:
 def analyze(model: str | os.PathLike[str], input_shapes: dict[str, list[int]] | None = None,
             attention_heads: str = "auto", approximate: bool = False) -> dict[str, Any]:
     """Summary of a model: params, MACs, inputs, outputs and its dependency groups."""
-    with tempfile.TemporaryDirectory(prefix="spa-") as tmp, small_pages():
+    with tempfile.TemporaryDirectory(prefix="spa-") as tmp, small_pages(), _sentences(lambda: "analysing the model"):
         src = open_model(model, Path(tmp))
         g = graph_mod.load(src.path, input_shapes)
-    an = analyze_graph(g, attention_heads, approximate)
+        an = analyze_graph(g, attention_heads, approximate)
     return {"kind": src.kind, "params": metrics.count_params(g), "macs": metrics.count_macs(g),
             "inputs": _io(g, g.inputs), "outputs": _io(g, g.outputs), "opset": g.opset,
             "nodes": len(g.model.graph.node), **an.summary(),
@@ -80,8 +81,29 @@ def prune(model: str | os.PathLike[str], spec: PruneSpec | dict[str, Any], out_d
     """``data``: calibration .npz (a split of it is held out for fidelity, ``calibration.eval_fraction``);
     ``eval_data``: a separate evaluation .npz instead of the split (``runtime.fidelity``)."""
     spec = spec if isinstance(spec, PruneSpec) else PruneSpec.model_validate(spec)
-    with tempfile.TemporaryDirectory(prefix="spa-") as tmp, small_pages():
-        return _prune(model, spec, Path(out_dir), Path(tmp), data, progress, eval_data)
+    last = ["load"]
+
+    def seen(name: str, frac: float, msg: str | None) -> None:
+        last[0] = name
+        if progress is not None:
+            progress(name, frac, msg)
+
+    with tempfile.TemporaryDirectory(prefix="spa-") as tmp, small_pages(), \
+            _sentences(lambda: f"the {last[0]} stage"):
+        return _prune(model, spec, Path(out_dir), Path(tmp), data, seen, eval_data)
+
+
+@contextlib.contextmanager
+def _sentences(doing: Callable[[], str]) -> Iterator[None]:
+    """Every failure leaves as a ``PruneError`` sentence that names the stage: a bug or a runtime's
+    refusal deep inside must not reach the user as an exception name. Cancellation, memory and
+    OS errors (a full disk) pass through: the service classifies them."""
+    try:
+        yield
+    except (PruneError, Cancelled, MemoryError, OSError):
+        raise
+    except Exception as e:
+        raise InternalError(f"internal error in {doing()}: {describe(e)}") from e
 
 
 def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
@@ -174,7 +196,7 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
         if spec.measure:  # fidelity of the pruned model before recovery, on the same samples
             evaluation.measure_unrecovered(pruned)
         pruned = recover(g.full_model(), _full(pruned), spec, calib, class_labels,
-                         progress=lambda f, m: stage("recover", f, m))
+                         progress=lambda f, m: stage("recover", f, m), trainable=g.original_inits)
         done("recover")
 
     stage("save", 0.0, None)

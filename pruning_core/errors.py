@@ -43,5 +43,25 @@ class UnsupportedOpError(PruneError):
     code = "unsupported_op"
 
 
+class InternalError(PruneError):
+    """Something failed inside the library (a bug, or a runtime refusing a graph we built): still
+    one sentence, naming the stage, never a bare exception."""
+
+    code = "internal"
+
+
+def describe(e: BaseException) -> str:
+    """An exception's message as words: onnxruntime's status prefix dropped, a KeyError's quotes
+    explained, never the exception's class name."""
+    import re
+
+    msg = " ".join(str(e).split())
+    msg = re.sub(r"\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ", "", msg).replace("Fatal error: ", "")
+    msg = re.sub(r"\[[A-Za-z]*(Error|Exception)\] ?", "", msg)  # onnx's "[ShapeInferenceError] " tags
+    if isinstance(e, KeyError) and msg.startswith("'") and msg.endswith("'"):
+        msg = f"nothing is known about {msg}"
+    return msg[:400] or "no details were given"
+
+
 class Cancelled(Exception):
     """Raised from a progress callback to stop a running prune (job cancelled)."""

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pruning_core.errors import PruneError
+from pruning_core.errors import PruneError, describe
 
 if TYPE_CHECKING:  # pragma: no cover
     from pruning_core.analysis.groups import Analysis
@@ -157,7 +157,7 @@ class Plan:
         except PlanError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise PlanError(f"malformed plan: {type(e).__name__}: {e}") from None
+            raise PlanError(f"malformed plan: {describe(e)}") from None
         return cls(tensors, groups, dict(d.get("source", {})), list(d.get("unmapped", [])), int(version))
 
     @classmethod

@@ -31,6 +31,10 @@ from pruning_core.analysis.groups import Analysis, Group
 from pruning_core.errors import UnreachableTargetError
 from pruning_core.spec import PruneSpec
 
+# FLOPs targets with a latency table rank by importance / leverage ** LEVERAGE_POWER: below 1 so
+# that importance stays first (see the module docstring)
+LEVERAGE_POWER = 0.5
+
 
 @dataclass(frozen=True)
 class SelectOptions:
@@ -146,7 +150,7 @@ def _select(an: Analysis, scores: dict[int, np.ndarray], opts: SelectOptions) ->
         elif ms and kind == "flops":
             lev = opts.table.leverage(groups)
             lv = np.array([lev.get(int(i), 1.0) for i in gids], np.float64)
-            sc = sc / np.sqrt(np.maximum(lv, 1e-6))
+            sc = sc / np.maximum(lv, 1e-6) ** LEVERAGE_POWER
         gid_seq = gids[np.lexsort((-saved, sc))] if ms else gids[np.argsort(sc, kind="stable")]
         by_id = {g.id: g for g in groups}
 

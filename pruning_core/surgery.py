@@ -138,6 +138,8 @@ def apply_light(an: Analysis, removed: np.ndarray,
 def _check_shapes(an: Analysis, removed: np.ndarray, m: ModelProto) -> None:
     inferred = {}
     for vi in list(m.graph.value_info) + list(m.graph.output):
+        if not vi.type.tensor_type.HasField("shape"):  # after an op inference does not know
+            continue
         dims = vi.type.tensor_type.shape.dim
         inferred[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
     for name in an.act_owner:

@@ -85,7 +85,9 @@ def classify(e: BaseException, op: str, limits: dict[str, int] | None) -> dict[s
         return {"code": "resource_limit", "message": memory_message(limits["memory"])}
     if isinstance(e, ImportError):
         return {"code": "internal", "message": f"{_UNAVAILABLE.get(op, 'internal error')}: {e}"}
-    return {"code": "internal", "message": f"{INTERNAL.get(op, 'internal error')}: {type(e).__name__}: {e}"}
+    from pruning_core.errors import describe
+
+    return {"code": "internal", "message": f"{INTERNAL.get(op, 'internal error')}: {describe(e)}"}
 
 
 def execute(request: dict[str, Any], root: Path, progress: Progress | None = None,

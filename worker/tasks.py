@@ -148,7 +148,7 @@ def validate_model(model_id: str) -> str:
         reason = f"model analysis did not finish within the time limit of {settings.task_soft_time_limit} s"
     except Exception as e:  # a crash in the worker itself is still an answer the user must see
         log.exception("validation of model %s crashed", model_id)
-        reason = f"internal error while analysing the model: {type(e).__name__}: {e}"
+        reason = f"internal error while analysing the model: {_words(e)}"
     finally:
         workdirs.remove(workdir)
     with session_scope(settings.database_url) as session:
@@ -327,12 +327,12 @@ def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> _Final:
             log.error("job %s failed: %s", job_id, e.message)
         return _failed(e.message, e.code)
     except UnsafeZip as e:
-        return _failed(str(e) or type(e).__name__, getattr(e, "code", "invalid_model"))
+        return _failed(str(e) or "unsafe zip", getattr(e, "code", "invalid_model"))
     except SoftTimeLimitExceeded:
         return _failed(f"time limit of {settings.task_soft_time_limit} s exceeded", "time_limit")
     except Exception as e:
         log.exception("job %s crashed", job_id)
-        return _failed(f"internal error: {type(e).__name__}: {e}", "internal")
+        return _failed(f"internal error: {_words(e)}", "internal")
 
 
 def _with_fidelity(summary: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
@@ -426,3 +426,8 @@ def _start_sweeper(**_: Any) -> None:
 def _stop_sweeper(**_: Any) -> None:
     if _sweeper is not None:
         _sweeper.stop_event.set()
+
+
+def _words(e: BaseException) -> str:
+    """An exception's message for the job's reason (the log keeps the traceback), no class name."""
+    return " ".join(str(e).split())[:400] or "no details were given"

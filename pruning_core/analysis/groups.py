@@ -18,6 +18,7 @@ from onnx import NodeProto
 
 from pruning_core.analysis.labels import LabelCtx, NotConst, compact
 from pruning_core.analysis.rules import RULES
+from pruning_core.errors import describe
 from pruning_core.ir.graph import Graph
 
 
@@ -192,7 +193,7 @@ def _apply(ctx: LabelCtx, node: NodeProto) -> None:
             ctx.block(ctx.lab(n), f"{node.op_type} {node.name!r}: input {e} is not constant")
     except Exception as e:  # a rule that cannot handle this instance must not guess
         for n in labeled:
-            ctx.block(ctx.lab(n), f"{node.op_type} {node.name!r}: {type(e).__name__}: {e}")
+            ctx.block(ctx.lab(n), f"{node.op_type} {node.name!r}: the channel rule cannot follow it ({describe(e)})")
         for o in node.output:
             ctx.labels.pop(o, None)
 

@@ -18,7 +18,7 @@ import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from pruning_core.errors import ModelLoadError, SpecError
-from pruning_core.ir import weights
+from pruning_core.ir import check, runtime_shapes, weights
 
 # Folding: never fold through an original initializer bigger than this (a weight): folding
 # Transpose(W) would rename the parameter. Derived constants may be up to FOLD_MAX_OUT elements.
@@ -27,6 +27,22 @@ FOLD_MAX_OUT = 1 << 22
 # Ops whose output depends on more than their inputs: never fold.
 NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
            "Bernoulli", "If", "Loop", "Scan"}
+
+
+class ShapeUnknownError(ModelLoadError, KeyError):
+    """A tensor whose size neither shape inference nor a run of the model gives. A KeyError too:
+    callers that can do without a shape (MAC counts of unknown nodes) catch it as before."""
+
+    def __init__(self, g: Graph, name: str) -> None:
+        node = g.producer.get(name)
+        where = f" (output of {node.op_type} node {node.name!r})" if node is not None else ""
+        why = (f"and it could not be measured: {g.shape_note}" if g.shape_note
+               else "and a run of the model on onnxruntime does not give it as a tensor")
+        super().__init__(f"the shape of tensor {name!r}{where} is unknown: ONNX shape inference leaves it "
+                         f"symbolic {why}")
+
+    def __str__(self) -> str:  # KeyError would quote the sentence
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass
@@ -47,6 +63,10 @@ class Graph:
     # original's signature back. None for a graph built by hand.
     unfixed: ModelProto | None = None
     unfixed_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # Tensors whose shape was measured by running the model (ir.runtime_shapes), and why the
+    # model could not run when some shape stayed unknown
+    runtime_shaped: set[str] = field(default_factory=set)
+    shape_note: str | None = None
 
     def light(self) -> weights.LightModel:
         return weights.LightModel(self.model, self.inits)
@@ -75,7 +95,7 @@ class Graph:
         if name in self.inits:
             return tuple(self.inits[name].shape)
         if name not in self.shapes:
-            raise KeyError(f"no static shape for tensor {name!r}")
+            raise ShapeUnknownError(self, name)
         return self.shapes[name]
 
 
@@ -110,15 +130,18 @@ def load(model: str | os.PathLike[str] | ModelProto, input_shapes: dict[str, lis
     except Exception:  # an unknown domain: keep the declared version
         pass
     _name_nodes(m)
+    check.structure(m)
     original = {t.name for t in m.graph.initializer}
     _constants_to_initializers(m)
     _drop_initializer_inputs(m)
     weights.strip(m, arrays)
     _unshare_vectors(m, arrays)
     original |= {t.name for t in m.graph.initializer}
+    _name_unknown_dims(m)
     unfixed = ModelProto()
     unfixed.CopyFrom(m)  # light: stubs only
     _fix_input_shapes(m, input_shapes or {}, batch)
+    check.consistent(m, arrays, runtime_shapes.input_feeds(m))
     g = _normalize(m, path, arrays, opset, original)
     g.unfixed, g.unfixed_arrays = unfixed, arrays
     return g
@@ -148,6 +171,7 @@ def _normalize(m: ModelProto, path: Path | None, arrays: dict[str, np.ndarray], 
         weights.strip(m, g.inits)
     _prune_dead(g)
     g.index()
+    runtime_shapes.resolve(g)
     return g
 
 
@@ -262,6 +286,23 @@ def _unshare_vectors(m: ModelProto, arrays: dict[str, np.ndarray]) -> None:
                 arrays[copy.name] = arrays[name]
             m.graph.initializer.append(copy)
             node.input[i] = copy.name
+
+
+def _name_unknown_dims(m: ModelProto) -> None:
+    """Some exporters (Paddle) declare an unknown dim as ``-1`` (invalid: inference then finds 1
+    "differs" from -1) or name every unknown dim ``?`` (which would make height and width one
+    symbol). Each such dim of the inputs and outputs gets its own symbol, so the saved model
+    declares them unknown and independent, as they were meant."""
+    n = 0
+    for vi in list(m.graph.input) + list(m.graph.output):
+        for d in vi.type.tensor_type.shape.dim:
+            if (d.HasField("dim_value") and d.dim_value < 0) or (d.HasField("dim_param") and d.dim_param in ("?", "-1")):
+                d.Clear()
+                d.dim_param = f"unk__{n}"
+                n += 1
+    for vi in m.graph.value_info:
+        if any(d.HasField("dim_value") and d.dim_value < 0 for d in vi.type.tensor_type.shape.dim):
+            vi.type.tensor_type.ClearField("shape")
 
 
 def _drop_initializer_inputs(m: ModelProto) -> None:

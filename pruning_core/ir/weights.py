@@ -252,7 +252,8 @@ def read(path: str | os.PathLike[str],
             except ModelLoadError:
                 raise
             except Exception as e:  # malformed wire data, protobuf DecodeError
-                raise ModelLoadError(f"{p.name} is not a valid ONNX model ({type(e).__name__}: {e})") from None
+                raise ModelLoadError(f"{p.name} is not a valid ONNX model (its bytes do not parse as an ONNX "
+                                      f"protobuf: {e})") from None
     if not m.graph.node:
         raise ModelLoadError(f"{p.name} is not a valid ONNX model (empty graph)")
     cap = limits.max_unpacked_bytes() if max_external is None else max_external

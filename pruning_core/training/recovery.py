@@ -1,8 +1,11 @@
 """Recovery: fine-tune the pruned model by distillation from the original, on the torch twin.
 
-``recover(original, pruned, spec, data, class_labels, progress)`` trains every weight of the
-pruned model (``OnnxTwin`` parameters; BatchNorm running statistics stay as they are, the twin
-always computes inference semantics) to reproduce the original model's outputs
+``recover(original, pruned, spec, data, class_labels, progress, trainable)`` trains every weight
+of the pruned model (``OnnxTwin`` parameters; BatchNorm running statistics stay as they are, the
+twin always computes inference semantics) that is one of the model's own parameters
+(``trainable``): constants normalization folded at the analysis shapes (an embedding row expanded
+to [batch, seq, hidden], a mask) stay as they are -- trained, they would differ at every position
+and the saved model could no longer be given back its dynamic dims (``ir.signature``) to reproduce the original model's outputs
 (``losses.distill_loss``: KL divergence on logits, MSE normalized by the teacher's variance on any
 other float output), plus ``losses.supervised_loss`` on the first output when class labels exist.
 Adam, ``spec.recover`` steps / lr / batch size on ``spec.device``, progress per step; batches come
@@ -14,7 +17,7 @@ so it still passes the checker and runs in onnxruntime.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import numpy as np
 import torch
@@ -32,9 +35,10 @@ ProgressFn = Callable[[float, str | None], None]
 
 def recover(original_model: ModelProto, pruned_model: ModelProto, spec: PruneSpec,
             data: dict[str, np.ndarray] | None, class_labels: np.ndarray | None,
-            progress: ProgressFn | None = None) -> ModelProto:
+            progress: ProgressFn | None = None, trainable: Collection[str] | None = None) -> ModelProto:
     """The pruned model with its weights fine-tuned to match the original (see module doc);
-    ``spec.recover`` holds the options (their defaults when the spec has none)."""
+    ``spec.recover`` holds the options (their defaults when the spec has none). ``trainable``:
+    the original's own initializer names (None: every float initializer)."""
     from pruning_core.ir import graph as graph_mod
 
     opts = spec.recover or Recover()
@@ -45,7 +49,7 @@ def recover(original_model: ModelProto, pruned_model: ModelProto, spec: PruneSpe
 
     teacher = twin_of(original_model, device, frozen=True)
     student = twin_of(pruned_model, device)
-    params = [p for _, p in student.named_onnx_parameters()]
+    params = [p for name, p in student.named_onnx_parameters() if trainable is None or _own(name, trainable)]
     if not params:
         return pruned_model
 
@@ -88,3 +92,14 @@ def recover(original_model: ModelProto, pruned_model: ModelProto, spec: PruneSpe
             if not torch.isfinite(p).all():
                 p.copy_(p0)
     return student.to("cpu").export_initializers(pruned_model)
+
+
+def _own(name: str, trainable: Collection[str]) -> bool:
+    """Whether ``name`` is one of the model's parameters, or surgery's private copy of one
+    (``<name>__<node>``)."""
+    cut = len(name)
+    while cut > 0:
+        if name[:cut] in trainable:
+            return True
+        cut = name.rfind("__", 0, cut)
+    return False

@@ -170,3 +170,46 @@ def test_fixed_batch_graph_trains_on_stacked_batches(attn_onnx: Path) -> None:
         stacked = src.call(run, passes[0])[0]
         one_by_one = torch.cat([run(to_torch(c.feeds, cpu))[0] for c in chunks])
     torch.testing.assert_close(stacked, one_by_one, rtol=1e-5, atol=1e-5)
+
+
+def test_recovered_transformer_keeps_its_dynamic_dims(tmp_path: Path) -> None:
+    """A BERT exported without token_type_ids and a dynamic batch: normalization folds the
+    token-type embedding row expanded to [batch, seq, hidden] into a constant. Recovery must leave such constants alone
+    (trained, they differ at every position and batch and sequence length would be pinned in the
+    saved model), and train only the model's own weights."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=128)  # a table not folded
+    model = transformers.BertModel._from_config(cfg, attn_implementation="eager").eval()
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids = torch.randint(5, 300, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.int64)
+    src = tmp_path / "bert.onnx"
+    dyn = {"batch": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Encoder(), (ids, mask), str(src), input_names=["input_ids", "attention_mask"],
+                          output_names=["hidden"], dynamo=False, opset_version=17,
+                          dynamic_axes={"input_ids": {v: k for k, v in dyn.items()},
+                                        "attention_mask": {v: k for k, v in dyn.items()},
+                                        "hidden": {0: "batch"}})
+    spec = {"target": {"flops": 0.3}, "input_shapes": {"input_ids": [2, 16], "attention_mask": [2, 16]},
+            "recover": {"steps": 3, "batch_size": 4}, "measure": False}
+    api.prune(src, spec, tmp_path / "out")
+    out = onnx.load(tmp_path / "out" / "pruned.onnx")
+    assert [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in out.graph.input] == \
+        [["batch", 16]] * 2
+    sess = ort.InferenceSession(str(tmp_path / "out" / "pruned.onnx"))
+    rng = np.random.default_rng(1)
+    y = sess.run(None, {"input_ids": rng.integers(5, 300, (3, 16)), "attention_mask": np.ones((3, 16), np.int64)})[0]
+    assert y.shape == (3, 16, 64) and np.isfinite(y).all()

@@ -1,0 +1,123 @@
+"""What a model must be before anything reads it: a sentence about the user's file instead of an
+exception from deep inside the analysis, surgery or onnxruntime.
+
+- every tensor a node reads is defined (graph input, initializer, an earlier node's output);
+  nodes out of order but acyclic are sorted (onnxruntime accepts them; the analysis walks in
+  order), a cycle is refused;
+- every op of the default ONNX domains exists in ONNX;
+- every initializer holds as many bytes as its shape and type need;
+- a model that ONNX shape inference finds inconsistent (a weight that does not fit the tensor it
+  reads) is refused when onnxruntime cannot run it either; when it can, the runtime's word wins
+  (some exporters write graphs strict inference rejects)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import onnx
+from onnx import ModelProto, TensorProto, helper
+
+from pruning_core.errors import ModelLoadError, describe
+from pruning_core.ir import weights
+
+STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+
+
+def _node(n: onnx.NodeProto) -> str:
+    return f"{n.op_type} node {n.name!r}" if n.name else f"a {n.op_type} node"
+
+
+def structure(m: ModelProto) -> None:
+    """Defined inputs, no cycle (nodes sorted in place when out of order), known standard ops,
+    initializer sizes. Raises ``ModelLoadError``."""
+    g = m.graph
+    defined = {i.name for i in g.input} | {t.name for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output if o}
+    for n in g.node:
+        for name in n.input:
+            if name and name not in defined and name not in producer:
+                raise ModelLoadError(f"{_node(n)} reads tensor {name!r}, which no input, initializer or "
+                                     "node of the model defines")
+    _sort(m, defined)
+    for n in g.node:
+        if n.domain in STANDARD_DOMAINS and not onnx.defs.has(n.op_type, n.domain):
+            raise ModelLoadError(f"{_node(n)} uses op {n.op_type!r}, which ONNX does not define"
+                                 + (f" in domain {n.domain!r}" if n.domain else ""))
+    for t in g.initializer:
+        _check_size(t)
+
+
+def _sort(m: ModelProto, defined: set[str]) -> None:
+    """Topological order (Kahn, stable: nodes already in order stay where they are)."""
+    nodes = list(m.graph.node)
+    index = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    need = [{index[x] for x in n.input if x and x not in defined and x in index} for n in nodes]
+    if all(all(j < i for j in need[i]) for i in range(len(nodes))):
+        return
+    users: dict[int, list[int]] = {}
+    for i, deps in enumerate(need):
+        for j in deps:
+            users.setdefault(j, []).append(i)
+    left = [len(d) for d in need]
+    ready = deque(i for i in range(len(nodes)) if not left[i])
+    order = []
+    while ready:
+        i = ready.popleft()
+        order.append(i)
+        for u in users.get(i, []):
+            left[u] -= 1
+            if not left[u]:
+                ready.append(u)
+    if len(order) < len(nodes):
+        stuck = nodes[next(i for i in range(len(nodes)) if left[i])]
+        raise ModelLoadError(f"the graph has a cycle: {_node(stuck)} depends on its own output")
+    del m.graph.node[:]
+    m.graph.node.extend(nodes[i] for i in order)
+
+
+def _check_size(t: TensorProto) -> None:
+    if t.data_location == TensorProto.EXTERNAL or not t.raw_data:
+        return  # stubs and external data are checked by the reader; typed fields by protobuf
+    try:
+        item = helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return
+    if t.data_type in (TensorProto.STRING,):
+        return
+    n = int(np.prod(t.dims, dtype=np.int64))
+    bits = {TensorProto.INT4: 4, TensorProto.UINT4: 4}.get(t.data_type) if hasattr(TensorProto, "INT4") else None
+    need = (n * bits + 7) // 8 if bits else n * item
+    if len(t.raw_data) != need:
+        raise ModelLoadError(f"initializer {t.name!r} holds {len(t.raw_data)} bytes but its shape "
+                             f"{list(t.dims)} needs {need}: the file is truncated or corrupt")
+
+
+def consistent(m: ModelProto, arrays: dict[str, np.ndarray], feeds: dict[str, np.ndarray] | None) -> None:
+    """Strict shape inference on the skeleton; when it fails, the model must at least run on
+    onnxruntime (``feeds`` at the fixed input shapes) or it is refused with both reasons."""
+    try:
+        onnx.shape_inference.infer_shapes(weights.as_inputs(m, weights.INLINE_MAX), check_type=False,
+                                          strict_mode=True, data_prop=True)
+        return
+    except Exception as e:
+        why = describe(e).replace("Inference error(s): ", "")[:300]
+    if feeds is None:
+        return  # inputs without fixed shapes: nothing to run it on
+    try:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(weights.as_inputs(m).SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+        sess.run(None, {**feeds, **weights.LightModel(m, arrays).feeds()})
+    except Exception as e:
+        raise ModelLoadError(f"the model is inconsistent: ONNX shape inference fails on it ({why}) and "
+                             f"onnxruntime cannot run it ({runtime_message(e)})") from None
+
+
+def runtime_message(e: BaseException) -> str:
+    """onnxruntime's message without its status prefix ("[ONNXRuntimeError] : 1 : FAIL : ")."""
+    return describe(e)[:300]
