@@ -26,6 +26,7 @@ from pruning_core.analysis.groups import analyze as analyze_graph
 from pruning_core.errors import Cancelled, InternalError, PruneError, describe
 from pruning_core.frontends import open_model
 from pruning_core.importance import CRITERIA, ScoreContext, score
+from pruning_core.ir import check
 from pruning_core.ir import graph as graph_mod
 from pruning_core.ir.signature import restore as restore_signature
 from pruning_core.ir.weights import LightModel, small_pages
@@ -123,6 +124,9 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
     stage("load", 0.0, f"loading {Path(model).name}")
     src = open_model(model, tmp)
     g = graph_mod.load(src.path, spec.input_shapes, spec.runtime.batch)
+    refusal = check.quantized(g.model)
+    if refusal is not None:
+        raise refusal
     done("load")
 
     stage("analyze", 0.0, f"{len(g.model.graph.node)} nodes")

@@ -19,7 +19,7 @@ from onnx import NodeProto
 from pruning_core.analysis.labels import LabelCtx, NotConst, compact
 from pruning_core.analysis.rules import RULES
 from pruning_core.errors import describe
-from pruning_core.ir.graph import Graph
+from pruning_core.ir.graph import Graph, implicit_inputs
 
 
 @dataclass
@@ -181,6 +181,15 @@ def _block_unaccounted_param_uses(ctx: LabelCtx) -> None:
 
 def _apply(ctx: LabelCtx, node: NodeProto) -> None:
     labeled = [n for n in node.input if n and ctx.has_labels(n)]
+    for name in implicit_inputs(node):  # read inside an If / Loop / Scan body: its channels stay
+        why = f"{node.op_type} {node.name!r} reads {name!r} inside a subgraph"
+        if ctx.has_labels(name):
+            ctx.block(ctx.lab(name), why)
+        elif ctx.is_param(name):
+            for ax in range(ctx.rank(name)):
+                v = ctx.pvar(name, ax)
+                if v is not None:
+                    ctx.block(v, why)
     rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     if rule is None:
         for n in labeled:

@@ -18,10 +18,17 @@ import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, helper
 
-from pruning_core.errors import ModelLoadError, describe
+from pruning_core.errors import ModelLoadError, PruneError, describe
 from pruning_core.ir import weights
 
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+# Ops of quantized graphs (ONNX and onnxruntime's contrib domain): QDQ pairs, integer kernels,
+# QOperator kernels. Channel rules for them are not written yet.
+QUANTIZED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+             "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+             "QGemm", "QAttention", "QOrderedMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat",
+             "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool",
+             "QLinearSoftmax", "QLinearWhere", "QLinearReduceMean", "MatMulNBits", "DequantizeBFP"}
 
 
 def _node(n: onnx.NodeProto) -> str:
@@ -49,10 +56,14 @@ def structure(m: ModelProto) -> None:
 
 
 def _sort(m: ModelProto, defined: set[str]) -> None:
-    """Topological order (Kahn, stable: nodes already in order stay where they are)."""
+    """Topological order (Kahn, stable: nodes already in order stay where they are); what a
+    subgraph reads from outside counts as an input of its node."""
+    from pruning_core.ir.graph import implicit_inputs
+
     nodes = list(m.graph.node)
     index = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    need = [{index[x] for x in n.input if x and x not in defined and x in index} for n in nodes]
+    need = [{index[x] for x in [*n.input, *implicit_inputs(n)] if x and x not in defined and x in index}
+            for n in nodes]
     if all(all(j < i for j in need[i]) for i in range(len(nodes))):
         return
     users: dict[int, list[int]] = {}
@@ -121,3 +132,19 @@ def consistent(m: ModelProto, arrays: dict[str, np.ndarray], feeds: dict[str, np
 def runtime_message(e: BaseException) -> str:
     """onnxruntime's message without its status prefix ("[ONNXRuntimeError] : 1 : FAIL : ")."""
     return describe(e)[:300]
+
+
+def quantized(m: ModelProto) -> PruneError | None:
+    """The refusal for a quantized graph (None for a float one): a sentence that names
+    quantization and the ops, and says what to do instead."""
+    ops: dict[str, str] = {}
+    for n in m.graph.node:
+        if n.op_type in QUANTIZED and n.op_type not in ops:
+            ops[n.op_type] = n.name
+    if not ops:
+        return None
+    from pruning_core.errors import UnsupportedOpError
+
+    shown = ", ".join(f"{op} (node {name!r})" for op, name in list(ops.items())[:4])
+    return UnsupportedOpError(f"the model is quantized ({shown}{', ...' if len(ops) > 4 else ''}); pruning "
+                              "quantized graphs is not supported: prune the float model, then quantize the result")

@@ -481,7 +481,7 @@ def _prune_dead(g: Graph) -> None:
     for node in reversed(list(m.graph.node)):
         if any(o in needed for o in node.output):
             keep.append(node)
-            needed.update(n for n in node.input if n)
+            needed.update(n for n in [*node.input, *implicit_inputs(node)] if n)
     keep.reverse()
     if len(keep) != len(m.graph.node):
         del m.graph.node[:]
@@ -491,6 +491,21 @@ def _prune_dead(g: Graph) -> None:
         del m.graph.initializer[:]
         m.graph.initializer.extend(inits)
         g.inits = {k: v for k, v in g.inits.items() if k in needed}
+
+
+def implicit_inputs(node: NodeProto) -> list[str]:
+    """Names of the enclosing graph that ``node``'s subgraphs (If branches, Loop / Scan bodies)
+    read without declaring them: real inputs of the node for ordering, liveness and coupling."""
+    out: list[str] = []
+    for a in node.attribute:
+        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            inner = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            for n in sub.node:
+                for name in [*n.input, *implicit_inputs(n)]:
+                    if name and name not in inner and name not in out:
+                        out.append(name)
+                inner.update(o for o in n.output if o)
+    return out
 
 
 def attr(node: NodeProto, name: str, default):

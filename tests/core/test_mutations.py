@@ -117,3 +117,40 @@ def test_broken_graph_fails_with_a_sentence(net: str, name: str, request: pytest
     msg = str(e.value)
     assert msg and not EXCEPTION_NAME.search(msg), msg
     assert not (tmp_path / "out" / "pruned.onnx").exists()
+
+
+class _Calib:
+    """onnxruntime.quantization's calibration reader: four Gaussian inputs."""
+
+    def __init__(self) -> None:
+        self.i = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        self.i += 1
+        return {"x": np.random.default_rng(self.i).standard_normal((1, 3, 16, 16)).astype(np.float32)} \
+            if self.i < 5 else None
+
+
+@pytest.mark.parametrize("form, op", [("dynamic", "ConvInteger"), ("qdq", "QuantizeLinear"),
+                                      ("qoperator", "QLinearConv")])
+def test_quantized_graph_is_refused_with_what_to_do(form: str, op: str, mixnet_onnx: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from onnxruntime import quantization as q
+
+    from client.cli import main
+    from pruning_core.errors import UnsupportedOpError
+
+    src = tmp_path / f"{form}.onnx"
+    if form == "dynamic":
+        q.quantize_dynamic(str(mixnet_onnx), str(src), weight_type=q.QuantType.QInt8)
+    else:
+        fmt = q.QuantFormat.QDQ if form == "qdq" else q.QuantFormat.QOperator
+        q.quantize_static(str(mixnet_onnx), str(src), _Calib(), quant_format=fmt)
+    with pytest.raises(UnsupportedOpError) as e:
+        api.prune(src, SPEC, tmp_path / "out")
+    msg = str(e.value)
+    assert "quantized" in msg and op in msg and "prune the float model" in msg
+    assert main(["prune", str(src), "-o", str(tmp_path / "cli.onnx"), "--flops", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "quantized" in err and not EXCEPTION_NAME.search(err)
+    assert not (tmp_path / "cli.onnx").exists()

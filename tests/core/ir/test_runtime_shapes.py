@@ -113,3 +113,43 @@ def test_paddle_style_unknown_dims_stay_unknown_and_independent(tmp_path: Path) 
     assert len({xd[0], xd[2], xd[3]}) == 3 and yd[0] != xd[2]
     sess = ort.InferenceSession(str(tmp_path / "out" / "pruned.onnx"))
     assert sess.run(None, {"x": np.ones((3, 3, 48, 100), np.float32)})[0].shape == (3, 2)
+
+
+def test_if_branches_reading_outer_tensors_keep_them(tmp_path: Path) -> None:
+    """An If whose branches read an outer tensor (no declared input): the tensor's producer stays
+    alive and its channels stay (the branch is not rewritten); the rest of the model prunes."""
+    rng = np.random.default_rng(0)
+
+    def w(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+
+    then_g = helper.make_graph([helper.make_node("Relu", ["t"], ["u_then"])], "then", [],
+                               [helper.make_tensor_value_info("u_then", TensorProto.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Sigmoid", ["t"], ["u_else"])], "else", [],
+                               [helper.make_tensor_value_info("u_else", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Conv", ["x", "c1.w"], ["a"], pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Conv", ["b", "c2.w"], ["t"], pads=[1] * 4),
+             helper.make_node("If", ["flag"], ["u"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Conv", ["u", "c3.w"], ["v"]),
+             helper.make_node("GlobalAveragePool", ["v"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["q"]),
+             helper.make_node("Gemm", ["q", "fc.w", "fc.b"], ["y"], transB=1)]
+    inits = [w("c1.w", 16, 3, 3, 3), w("c2.w", 32, 16, 3, 3), w("c3.w", 32, 32, 1, 1), w("fc.w", 10, 32), w("fc.b", 10)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16]),
+                                       helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "m.onnx")
+    an = graph.load(tmp_path / "m.onnx")
+    assert "c2.w" in an.inits and any(n.op_type == "Conv" and n.output[0] == "t" for n in an.model.graph.node)
+    r = api.prune(tmp_path / "m.onnx", {"target": {"channels": 0.2}, "measure": False}, tmp_path / "out")
+    assert r.report["verify"]["passed"]
+    out = onnx.load(tmp_path / "out" / "pruned.onnx")
+    dims = {t.name: list(t.dims) for t in out.graph.initializer}
+    assert dims["c2.w"][0] == 32 and dims["c1.w"][0] < 16  # t is read in the branches: kept whole
+    sess = ort.InferenceSession(str(tmp_path / "out" / "pruned.onnx"))
+    for flag in (True, False):
+        y = sess.run(None, {"x": np.ones((2, 3, 16, 16), np.float32), "flag": np.array(flag)})[0]
+        assert y.shape == (2, 10)
