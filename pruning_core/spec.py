@@ -76,7 +76,7 @@ class Runtime(BaseModel):
 class Calibration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset_id: str | None = Field(None, max_length=64)
+    dataset_id: str | None = Field(None, min_length=1, max_length=64)
     # Calibration passes run at the graph's own batch size (exports fix it), so there is no
     # batch_size here: a field that changed nothing was removed.
     samples: int = Field(128, ge=1, le=100_000)
@@ -84,7 +84,7 @@ class Calibration(BaseModel):
     # and recovery never see (None: 0.2 of data with at least 10 samples, none of smaller data;
     # 0: no split, fidelity on the calibration data itself), or on a separate evaluation dataset.
     eval_fraction: float | None = Field(None, ge=0.0, lt=1.0)
-    eval_dataset_id: str | None = Field(None, max_length=64)
+    eval_dataset_id: str | None = Field(None, min_length=1, max_length=64)
 
     @model_validator(mode="after")
     def _one_eval_source(self) -> Calibration:

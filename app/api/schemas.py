@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -54,7 +55,7 @@ class JobCreate(BaseModel):
 
     model_id: str = Field(min_length=1, max_length=64)
     spec: PruneSpec = Field(default_factory=PruneSpec)
-    dataset_id: str | None = Field(None, max_length=64)
+    dataset_id: str | None = Field(None, min_length=1, max_length=64)
 
 
 class ArtifactOut(BaseModel):
@@ -113,6 +114,14 @@ def encode_cursor(created_at: datetime, id_: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """``encode_cursor``'s inverse; ValueError for anything it could not have written (a time
+    without a zone would reach the database as a naive datetime: a 500, not a 422)."""
     raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     at, _, id_ = raw.partition("|")
-    return datetime.fromisoformat(at), id_
+    when = datetime.fromisoformat(at)
+    if when.tzinfo is None or not _CURSOR_ID.fullmatch(id_):
+        raise ValueError("not a cursor this API wrote")
+    return when, id_
+
+
+_CURSOR_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")

@@ -396,3 +396,38 @@ def test_pytorch_uploads_can_be_refused(backend: Any, auth: dict[str, str]) -> N
                                    files={"file": ("model.pt2", data, "application/octet-stream")}), 403)
         assert "SPA_ALLOW_PYTORCH_UPLOADS" in body["detail"]
         assert (counts(settings), stored_blobs(settings)) == before
+
+
+@pytest.mark.parametrize("raw", ["2024-01-01T00:00:00|' OR 1=1 --", "9999-12-31T23:59:59|zz", "2024-01-01|x",
+                                 "not a time|x", "2024-01-01T00:00:00+00:00|" + "x" * 200])
+def test_crafted_cursors_are_422_not_500(api: Any, auth: dict[str, str], raw: str) -> None:
+    """A cursor that decodes, but to a timestamp without a time zone or an id no row can have."""
+    import base64
+
+    cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    for route in ("/v1/jobs", "/v1/models", "/v1/datasets"):
+        assert problem(api.get(route, headers=auth, params={"cursor": cursor}), 422)["detail"]
+
+
+@pytest.mark.parametrize("after", ["100000000000000000000", str(2**63), "-1", "1e3"])
+def test_event_cursor_beyond_int64_is_422(api: Any, auth: dict[str, str], zoo: dict[str, Path], after: str) -> None:
+    mid = model_id(api, auth, zoo["tiny"])
+    job = api.post("/v1/jobs", headers=auth, json={"model_id": mid, "spec": SPEC}).json()
+    problem(api.get(f"/v1/jobs/{job['id']}/events", headers=auth, params={"after": after}), 422)
+    last = api.get(f"/v1/jobs/{job['id']}/events", headers=auth, params={"after": str(2**31 - 1)})
+    assert last.status_code == 200 and last.json()["items"] == []
+
+
+@pytest.mark.parametrize("where", ["calibration", "eval", "body"])
+def test_empty_dataset_id_is_422_and_no_job(api: Any, auth: dict[str, str], zoo: dict[str, Path],
+                                            settings: Settings, where: str) -> None:
+    mid = model_id(api, auth, zoo["tiny"])
+    before = counts(settings)
+    body: dict[str, Any] = {"model_id": mid, "spec": SPEC}
+    if where == "body":
+        body["dataset_id"] = ""
+    else:
+        key = "dataset_id" if where == "calibration" else "eval_dataset_id"
+        body["spec"] = {**SPEC, "calibration": {key: ""}}
+    problem(api.post("/v1/jobs", headers=auth, json=body), 422)
+    assert counts(settings) == before

@@ -28,6 +28,8 @@ from pruning_core.runtime.holdout import holdout_count
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ID_PATTERN = r"^[0-9a-f]{32}$"
+# job_events.seq is a 32-bit INTEGER column: a bigger "after" would be a database error, not an answer
+MAX_SEQ = 2**31 - 1
 ARTIFACT_PATTERN = r"^[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,99}$"
 JobIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="job id (32 hex digits)")]
 
@@ -209,7 +211,7 @@ def job_events(
     session: SessionDep,
     owner: OwnerDep,
     job_id: JobIdPath,
-    after: Annotated[int, Query(ge=0, description="only events with seq > after")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="only events with seq > after")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> EventList:
     _owned_job(session, owner, job_id)
