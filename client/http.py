@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,8 @@ class SpaError(Exception):
     def __init__(
         self, status: int, title: str, detail: str | None = None, body: dict[str, Any] | None = None
     ) -> None:
-        super().__init__(f"{status} {title}" + (f": {detail}" if detail else ""))
+        # status 0: no answer from the service, nothing to number
+        super().__init__((f"{status} " if status else "") + title + (f": {detail}" if detail else ""))
         self.status, self.title, self.detail, self.body = status, title, detail, body or {}
 
 
@@ -83,7 +85,16 @@ class SpaClient:
     # -- resources ----------------------------------------------------------------------------
 
     def upload_model(self, file: str | Path) -> dict[str, Any]:
-        return self._upload("/v1/models", Path(file))
+        """An .onnx whose weights live in external-data files is sent zipped with them
+        (``client.bundle``); .zip / .pt2 files as they are."""
+        from client.bundle import BundleError, bundle
+
+        with tempfile.TemporaryDirectory(prefix="spa-upload-") as tmp:
+            try:
+                sent = bundle(Path(file), Path(tmp))
+            except BundleError as e:
+                raise SpaError(0, "cannot send the model", str(e)) from None
+            return self._upload("/v1/models", sent)
 
     def get_model(self, model_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/models/{model_id}")

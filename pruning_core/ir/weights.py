@@ -378,7 +378,9 @@ def _external_target(t: TensorProto, base: Path) -> Path:
     if not loc or os.path.isabs(loc) or ".." in Path(loc).parts or base not in target.parents:
         raise ModelLoadError(f"external data location {loc!r} of {t.name!r} leaves the model's folder")
     if not target.is_file():
-        raise ModelLoadError(f"external data file {loc!r} of {t.name!r} is missing")
+        raise ModelLoadError(f"external data file {loc!r} of {t.name!r} is missing: it must lie beside the model; "
+                             "to upload, send the model and its data files in one .zip (spa submit and the "
+                             "Python client do this)")
     return target
 
 

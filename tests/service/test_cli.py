@@ -152,3 +152,49 @@ def test_client_library(live: Any, auth: dict[str, str], zoo: dict[str, Path]) -
     with pytest.raises(SpaError) as e:
         client.submit(model["id"], {"criterion": "nope"})
     assert e.value.status == 422 and "criterion" in str(e.value)
+
+
+def _external(zoo: dict[str, Path], folder: Path) -> Path:
+    """The tiny zoo model saved as torch 2.x exports by default: graph and model.onnx.data."""
+    import onnx
+
+    folder.mkdir()
+    m = onnx.load(zoo["tiny"])
+    onnx.save(m, folder / "model.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx.data", size_threshold=0)
+    return folder / "model.onnx"
+
+
+def test_submit_sends_external_data_with_the_model(
+    zoo: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], cli_env: str
+) -> None:
+    src = _external(zoo, tmp_path / "export")
+    code, out, err = run(["submit", str(src), "--flops", "0.5", "--criterion", "l1", "--download",
+                          str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    assert (tmp_path / "out" / "pruned.onnx").stat().st_size > 0
+
+
+def test_bundle_finds_data_files_and_refuses_paths_outside(zoo: dict[str, Path], tmp_path: Path) -> None:
+    import zipfile
+
+    import onnx
+
+    from client.bundle import BundleError, bundle, data_files
+
+    assert data_files(zoo["tiny"]) == [] and bundle(zoo["tiny"]) == zoo["tiny"]
+    src = _external(zoo, tmp_path / "export")
+    assert data_files(src) == ["model.onnx.data"]
+    with zipfile.ZipFile(bundle(src, tmp_path)) as z:
+        assert sorted(z.namelist()) == ["model.onnx", "model.onnx.data"]
+    m = onnx.load(src, load_external_data=False)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../elsewhere.data"
+    onnx.save(m, tmp_path / "export" / "escape.onnx")
+    with pytest.raises(BundleError, match="outside its folder"):
+        data_files(tmp_path / "export" / "escape.onnx")
+    (tmp_path / "export" / "model.onnx.data").unlink()
+    with pytest.raises(BundleError, match="not next to it"):
+        data_files(src)
