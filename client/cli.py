@@ -256,6 +256,33 @@ def cmd_create_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_list_keys(args: argparse.Namespace) -> int:
+    require_extra("core", "spa admin", CORE_MODULES)
+    from app.core.apikeys import list_keys
+    from app.core.db.session import session_scope
+
+    with session_scope(_db_url(args)) as session:
+        rows = [[k.id, k.name, k.created_at.isoformat(timespec="seconds"),
+                 k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-"] for k in list_keys(session)]
+    _table(rows, ["ID", "NAME", "CREATED", "REVOKED"])
+    return EXIT_OK
+
+
+def cmd_revoke_key(args: argparse.Namespace) -> int:
+    require_extra("core", "spa admin", CORE_MODULES)
+    from app.core.apikeys import revoke_key
+    from app.core.db.session import session_scope
+
+    try:
+        with session_scope(_db_url(args)) as session:
+            row = revoke_key(session, args.key)
+            ident, name = row.id, row.name
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    print(f"key {ident} ({name}) revoked; requests with it are refused from now on", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     require_extra("server", "spa serve", (*API_MODULES, *LIBRARY_MODULES))
     from client.serve import serve
@@ -338,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("name")
     k.add_argument("--database-url", help="default: $SPA_DATABASE_URL or the embedded SQLite")
     k.set_defaults(func=cmd_create_key)
+    k = admin.add_parser("list-keys", help="list API keys (ids, names, when created / revoked)")
+    k.add_argument("--database-url", help="default: $SPA_DATABASE_URL or the embedded SQLite")
+    k.set_defaults(func=cmd_list_keys)
+    k = admin.add_parser("revoke-key", help="revoke an API key, by id or by name")
+    k.add_argument("key", help="the key's id (spa admin list-keys) or its name")
+    k.add_argument("--database-url", help="default: $SPA_DATABASE_URL or the embedded SQLite")
+    k.set_defaults(func=cmd_revoke_key)
 
     p = sub.add_parser("db", help="database schema")
     db = p.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser, required=True)

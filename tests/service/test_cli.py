@@ -198,3 +198,24 @@ def test_bundle_finds_data_files_and_refuses_paths_outside(zoo: dict[str, Path],
     (tmp_path / "export" / "model.onnx.data").unlink()
     with pytest.raises(BundleError, match="not next to it"):
         data_files(src)
+
+
+def test_admin_lists_and_revokes_keys_refused_at_once(
+    backend: Any, api: Any, new_key: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = backend.base.database_url
+    keep, gone = new_key("keeper"), new_key("leaver")
+    assert api.get("/v1/jobs", headers=gone).status_code == 200
+    code, out, err = run(["admin", "list-keys", "--database-url", url], capsys)
+    assert code == 0, err
+    lines = [ln.split() for ln in out.splitlines()]
+    assert lines[0] == ["ID", "NAME", "CREATED", "REVOKED"]
+    assert {"keeper", "leaver"} <= {ln[1] for ln in lines[1:]} and "spa_" not in out  # never the keys
+    code, _, err = run(["admin", "revoke-key", "leaver", "--database-url", url], capsys)
+    assert code == 0 and "revoked" in err
+    assert api.get("/v1/jobs", headers=gone).status_code == 401  # at once: no restart, no cache
+    assert api.get("/v1/jobs", headers=keep).status_code == 200
+    code, out, _ = run(["admin", "list-keys", "--database-url", url], capsys)
+    assert next(ln for ln in out.splitlines() if " leaver " in f" {ln} ").split()[-1] != "-"
+    code, _, err = run(["admin", "revoke-key", "nobody", "--database-url", url], capsys)
+    assert code == 2 and "no key" in err and "Error" not in err
