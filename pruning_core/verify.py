@@ -2,19 +2,39 @@
 removed channels zeroed at every consuming input (0/1 Mul inserted before each consumer).
 
 Holds for any criterion and architecture on exact groups: max |pruned - masked| <=
-TOL * max(1, max |output|). Approximate groups (normalization statistics change) are measured
-separately."""
+tolerance * max(1, max |output|), ``TOL`` for float32 graphs. A graph that computes in float16 or
+bfloat16 rounds every sum it changes the length of (a narrower MatMul accumulates in another
+order): its tolerance is ``ULPS`` units of its precision (float16: 8 x 2^-10), so fp16 / bf16
+models can be pruned and a wrong cut (errors of the output's own size) is still caught.
+Approximate groups (normalization statistics change) are measured separately."""
 
 from __future__ import annotations
 
 import numpy as np
-from onnx import ModelProto, helper, numpy_helper
+from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from pruning_core.analysis.groups import Analysis
 from pruning_core.ir.weights import LightModel
 from pruning_core.runtime import metrics
 
 TOL = 1e-4
+ULPS = 8
+EPS = {TensorProto.FLOAT16: 2.0 ** -10, TensorProto.BFLOAT16: 2.0 ** -7, TensorProto.FLOAT: 2.0 ** -23,
+       TensorProto.DOUBLE: 2.0 ** -52}
+NAMES = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16", TensorProto.FLOAT: "float32",
+         TensorProto.DOUBLE: "float64"}
+
+
+def precision(an: Analysis) -> int:
+    """The coarsest float type the graph computes in: its weights' and outputs' (float32 if none)."""
+    g = an.graph
+    types = {g.dtypes.get(n) for n in g.outputs} | {g.dtypes.get(n) for n in g.original_inits}
+    found = [t for t in types if t in EPS]
+    return max(found, key=lambda t: EPS[t]) if found else TensorProto.FLOAT
+
+
+def tolerance(an: Analysis) -> float:
+    return max(TOL, ULPS * EPS[precision(an)])
 
 
 def masked_model(an: Analysis, removed: np.ndarray) -> LightModel:
@@ -55,5 +75,6 @@ def verify(an: Analysis, removed: np.ndarray, pruned, inputs: dict[str, np.ndarr
     err = max(float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max()) if a.size else 0.0
               for a, b in zip(ref, got, strict=True))
     shapes_ok = all(a.shape == b.shape for a, b in zip(ref, got, strict=True))
-    return {"max_error": err, "output_scale": scale, "tolerance": TOL * scale,
-            "passed": bool(shapes_ok and err <= TOL * scale), "masked_consumers": len(an.consumer_inputs)}
+    tol = tolerance(an) * scale
+    return {"max_error": err, "output_scale": scale, "tolerance": tol, "precision": NAMES[precision(an)],
+            "passed": bool(shapes_ok and err <= tol), "masked_consumers": len(an.consumer_inputs)}
