@@ -106,8 +106,13 @@ def execute(request: dict[str, Any], root: Path, progress: Progress | None = Non
             res = prune(str(root / request["model"]), request["spec"], str(root / request["out"]),
                         data=str(root / data) if data else None,
                         eval_data=str(root / eval_data) if eval_data else None, progress=progress)
+            from worker.report_html import render
+
+            html = Path(res.artifacts["report.json"]).with_name("report.html")
+            html.write_text(render(res.report, f"Pruning report: {res.report.get('source', {}).get('name', 'model')}"),
+                            encoding="utf-8")
             artifacts = {name: os.path.relpath(Path(path).absolute(), root.absolute())
-                         for name, path in res.artifacts.items()}
+                         for name, path in {**res.artifacts, "report.html": html}.items()}
             return {"ok": True, "summary": res.summary, "report": res.report, "artifacts": artifacts}
         raise ValueError(f"unknown sandbox operation {op!r}")
     except passthrough:

@@ -362,8 +362,9 @@ class LatencyTable:
         return out
 
     def layers(self, removed: np.ndarray) -> list[dict[str, Any]]:
-        """Per costly node: MACs, and one-node latency at the original and the chosen shapes,
-        timed in turn on the same runtime (identical pairs measured once)."""
+        """Per costly node: MACs, parameters (its weight and bias), and one-node latency at the
+        original and the chosen shapes, timed in turn on the same runtime (identical pairs measured
+        once)."""
         def shape(t: str) -> tuple[int, ...]:
             return self.an.shape_after(t, removed)
         g = self.an.graph
@@ -375,9 +376,13 @@ class LatencyTable:
             if k not in pairs:
                 pairs[k] = self.timer.compare(n, [g.shape, shape]) if macs_after else [self.ms0[i], 0.0]
             before, after = pairs[k]
+            weights = [t for t in n.input[1:] if t and t in g.inits]
             rows.append({"node": n.name, "op": n.op_type, "macs_before": int(self.macs0[i]),
                          "macs_after": int(macs_after), "latency_ms_before": round(float(before), 5),
-                         "latency_ms_after": round(float(after), 5)})
+                         "latency_ms_after": round(float(after), 5),
+                         "params_before": int(sum(np.prod(g.shape(t), dtype=np.int64) for t in weights)),
+                         "params_after": int(sum(np.prod(self.an.shape_after(t, removed), dtype=np.int64)
+                                                 for t in weights))})
         return rows
 
 

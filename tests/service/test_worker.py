@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,17 @@ def test_round_trip(live: Any, auth: dict[str, str], zoo: dict[str, Path], tmp_p
     assert s["speedup"] == report["latency_ms"]["speedup"] > 0 and s["efficiency"] == report["latency_ms"]["efficiency"]
     assert report["runtime"]["provider"] == "cpu" and report["layers"]
     problem(live.get(f"/v1/jobs/{job['id']}/artifacts/nothing.onnx", headers=auth), 404)
+
+    # report.html: the same figures on one self-contained page (nothing to fetch from anywhere)
+    page = live.get(f"/v1/jobs/{job['id']}/artifacts/report.html", headers=auth)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert html.startswith("<!doctype html>") and "</html>" in html
+    assert not re.search(r"""<[^>]*\b(src|href)\s*=|https?://|@import|url\(|<script""", html, re.I)
+    assert f"{report['macs']['before']:,}" in html and f"{report['macs']['after']:,}" in html
+    assert all(layer["node"] in html for layer in report["layers"][:5])
+    assert all(str(gr["name"]) in html for gr in report["groups"] if gr["kept"] < gr["total"])
+    assert "verification" in html and "passed" in html and "Stage timings" in html
 
     import onnxruntime as ort  # the pruned model really runs, and keeps the interface
 
