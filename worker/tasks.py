@@ -12,7 +12,6 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,12 @@ import sqlalchemy as sa
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from app.core import jobstate
+from app.core import jobstate, sweeper
 from app.core.blobs import release_if_unused
 from app.core.config import Settings
 from app.core.db.models import Dataset, Job, Model, utcnow
 from app.core.db.session import get_engine, session_scope
-from app.core.queue import TASK_RUN_JOB, TASK_VALIDATE_MODEL, send_run_job, send_validate_model
+from app.core.queue import TASK_RUN_JOB, TASK_VALIDATE_MODEL
 from app.core.storage import BlobStore, make_store
 from pruning_core.frontends.zipsafe import UnsafeZip, safe_extract
 from worker import latency_cache, sandbox, workdirs
@@ -350,71 +349,18 @@ def _with_fidelity(summary: dict[str, Any], report: dict[str, Any]) -> dict[str,
 
 
 def sweep_once(settings: Settings) -> dict[str, str]:
-    """Re-queue (once) or fail running jobs whose heartbeat went stale. Returns id -> outcome."""
-    stale_before = jobstate.stale_cutoff(settings.heartbeat_stale_s)
-    outcomes: dict[str, str] = {}
-    with session_scope(settings.database_url) as session:
-        ids = jobstate.find_stale(session, stale_before)
-    for job_id in ids:
-        with session_scope(settings.database_url) as session:
-            outcome = jobstate.sweep_one(
-                session, job_id, stale_before=stale_before, max_attempts=settings.max_attempts
-            )
-            queue = session.get(Job, job_id).queue if outcome == "requeued" else None  # type: ignore[union-attr]
-        if outcome:
-            outcomes[job_id] = outcome
-        if outcome == "requeued":
-            send_run_job(celery_app, job_id, queue)  # type: ignore[arg-type]
-            log.warning("job %s re-queued: its worker stopped responding", job_id)
-    outcomes.update(_sweep_validations(settings))
-    return outcomes
+    """One round of ``app.core.sweeper.sweep_once`` through this worker's Celery app."""
+    return sweeper.sweep_once(settings, celery_app)
 
 
-def _sweep_validations(settings: Settings) -> dict[str, str]:
-    """Re-send the validation of models stuck in 'validating' (their task died with a worker)."""
-    cutoff = utcnow() - timedelta(seconds=settings.validation_stale_s)
-    out: dict[str, str] = {}
-    with session_scope(settings.database_url) as session:
-        ids = list(
-            session.execute(
-                sa.select(Model.id).where(Model.state == "validating", Model.updated_at < cutoff)
-            ).scalars()
-        )
-        for model_id in ids:  # touch first, so that parallel sweepers do not all re-send
-            touched = session.execute(
-                sa.update(Model)
-                .where(Model.id == model_id, Model.state == "validating", Model.updated_at < cutoff)
-                .values(updated_at=utcnow())
-            ).rowcount  # type: ignore[attr-defined]
-            if touched == 1:
-                out[model_id] = "validation re-sent"
-    for model_id in out:
-        send_validate_model(celery_app, model_id, settings.queue_cpu)
-    return out
-
-
-class _Sweeper(threading.Thread):
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(daemon=True, name="spa-sweeper")
-        self.settings = settings
-        self.stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop_event.wait(self.settings.sweep_interval_s):
-            try:
-                sweep_once(self.settings)
-            except Exception:
-                log.warning("sweep failed", exc_info=True)
-
-
-_sweeper: _Sweeper | None = None
+_sweeper: sweeper.Sweeper | None = None
 
 
 @worker_ready.connect
 def _start_sweeper(**_: Any) -> None:
     global _sweeper
     _remove_stale_workdirs()  # what a SIGKILLed predecessor (and its pool children) left behind
-    _sweeper = _Sweeper(_settings())
+    _sweeper = sweeper.Sweeper(_settings(), celery_app)
     _sweeper.start()
     try:
         sweep_once(_settings())  # a restarted worker recovers what its predecessor left at once

@@ -7,6 +7,8 @@ uploads as opaque bytes and sends tasks by name (``app.core.queue``).
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -19,6 +21,7 @@ from app.core.config import Settings, get_settings
 from app.core.db.session import get_sessionmaker
 from app.core.queue import make_celery
 from app.core.storage import make_store
+from app.core.sweeper import Sweeper
 
 log = logging.getLogger("spa.api")
 
@@ -26,7 +29,20 @@ log = logging.getLogger("spa.api")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # jobs of a worker that died are recovered even when no worker is left to notice
+        sweeper = Sweeper(settings, app.state.celery, name="spa-api-sweeper") if settings.api_sweeps else None
+        if sweeper is not None:
+            sweeper.start()
+        try:
+            yield
+        finally:
+            if sweeper is not None:
+                sweeper.stop_event.set()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="SPA service",
         version="1.0.0",
         description="Structured pruning of neural networks: upload a model, submit a pruning spec, "

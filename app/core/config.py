@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(5.0, gt=0)
     heartbeat_stale_s: float = Field(60.0, gt=0)
     sweep_interval_s: float = Field(15.0, gt=0)
+    # The API process sweeps too (app.core.sweeper): when the last worker dies, nobody else would
+    api_sweeps: bool = True
     max_attempts: int = Field(2, ge=1, le=10)
     # A model still "validating" this long after its last validation started is re-sent (its task
     # was lost with a dead worker), within the same max_attempts.

@@ -100,3 +100,25 @@ def test_model_that_keeps_killing_validation_becomes_invalid(private_settings: S
             and "did not finish" in (m.reason or "")
             and m.attempts == 2
         )
+
+
+def test_api_process_recovers_a_dead_workers_job(private_settings: Settings) -> None:
+    """No worker is left: the API's own sweeper re-queues the silent job (and says so)."""
+    import time
+
+    from app.core.db.models import JobEvent
+    from tests.service.conftest import make_client
+
+    settings = private_settings.model_copy(update={"sweep_interval_s": 0.2})
+    job_id = _job(settings)
+    with session_scope(settings.database_url) as s:
+        jobstate.claim(s, job_id, "dead-worker", stale_before=jobstate.stale_cutoff(10), max_attempts=2)
+    _age(settings, job_id, settings.heartbeat_stale_s + 5)
+    with make_client(settings):  # the API process alone
+        deadline = time.monotonic() + 20
+        while _get(settings, job_id).state != "queued" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert _get(settings, job_id).state == "queued"
+    with session_scope(settings.database_url) as s:
+        msgs = [e.message for e in s.query(JobEvent).filter(JobEvent.job_id == job_id)]
+    assert any("re-queued" in (m or "") for m in msgs)
