@@ -1,8 +1,8 @@
 """`spa serve`: the embedded deployment in one command.
 
 SQLite database, a local artifact directory, and a Celery worker started beside the API on kombu's
-SQLAlchemy transport over a SQLite file (a broker that needs no server). Without --auth the server
-answers loopback clients only, and says so at start.
+SQLAlchemy transport over a SQLite file (a broker that needs no server), restarted when it dies
+(``Supervisor``). Without --auth the server answers loopback clients only, and says so at start.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections import deque
 from pathlib import Path
 
 from app.api.deps import is_loopback
@@ -67,6 +70,61 @@ def stop_worker(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         pass
 
 
+class Supervisor(threading.Thread):
+    """Keeps the embedded worker alive: when it exits without being asked to (SIGKILL, a crash,
+    the OOM killer), its pool children are killed, the restart is logged to stderr and the worker
+    log, and a new worker starts (it sweeps at once: the dead one's job is re-queued or failed).
+    More than ``burst`` restarts within ``window_s`` seconds: it waits ``window_s`` before the next,
+    so a worker that cannot start does not spin."""
+
+    def __init__(self, env: dict[str, str], queues: str, log_file: Path, poll_s: float = 1.0,
+                 burst: int = 5, window_s: float = 60.0) -> None:
+        super().__init__(daemon=True, name="spa-worker-supervisor")
+        self.env, self.queues, self.log_file = env, queues, log_file
+        self.poll_s, self.burst, self.window_s = poll_s, burst, window_s
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.restarts: deque[float] = deque()
+        self.proc = start_worker(env, queues, log_file)
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.poll_s):
+            with self.lock:
+                code = self.proc.poll()
+                if code is None or self.stopping.is_set():
+                    continue
+                _kill_group(self.proc.pid)  # orphaned pool children would keep the broker's message
+            now = time.monotonic()
+            while self.restarts and now - self.restarts[0] > self.window_s:
+                self.restarts.popleft()
+            wait = self.window_s if len(self.restarts) >= self.burst else 0.0
+            msg = (f"spa serve: the worker exited (code {code}); restarting it"
+                   + (f" in {wait:.0f} s ({len(self.restarts)} restarts in the last {self.window_s:.0f} s)" if wait else ""))
+            sys.stderr.write(msg + "\n")
+            sys.stderr.flush()
+            with self.log_file.open("a") as f:
+                f.write(msg + "\n")
+            if wait and self.stopping.wait(wait):
+                return
+            with self.lock:
+                if self.stopping.is_set():
+                    return
+                self.restarts.append(time.monotonic())
+                self.proc = start_worker(self.env, self.queues, self.log_file)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            stop_worker(self.proc)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def serve(*, host: str, port: int, data_dir: Path, auth: bool) -> int:
     if not auth and not is_loopback(host):
         sys.stderr.write(
@@ -90,7 +148,8 @@ def serve(*, host: str, port: int, data_dir: Path, auth: bool) -> int:
     from app.api.main import create_app
 
     app = create_app(settings)
-    worker = start_worker(env, f"{settings.queue_cpu},{settings.queue_gpu}", data_dir / "worker.log")
+    worker = Supervisor(env, f"{settings.queue_cpu},{settings.queue_gpu}", data_dir / "worker.log")
+    worker.start()
     mode = "API keys required" if auth else "authentication OFF (loopback clients only)"
     sys.stderr.write(
         f"SPA embedded server on http://{host}:{port}  [{mode}]\n"
@@ -112,7 +171,7 @@ def serve(*, host: str, port: int, data_dir: Path, auth: bool) -> int:
         code = 0 if e.code in (0, None) else 2
     finally:
         sys.stderr.write("stopping the worker...\n")
-        stop_worker(worker)
+        worker.stop()
     if code:
         sys.stderr.write(f"spa: error: could not serve on {host}:{port} (port in use?)\n")
     return code

@@ -92,3 +92,47 @@ def test_spa_serve_refuses_open_network_without_auth(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 2 and "without authentication" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "spa.db").exists()
+
+
+def test_spa_serve_restarts_a_killed_worker(tmp_path: Path, zoo: dict[str, Path]) -> None:
+    """SIGKILL of the embedded worker's main process: `spa serve` says so, starts a new worker, and
+    jobs run again without restarting the server."""
+    from client import SpaClient
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        cwd=tmp_path, env=_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _ready(url), 60, 0.3, "spa serve to be ready")
+        first = _worker_main(proc.pid)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: "restarting it" in log.read_text(), 30, 0.3, "the restart to be announced")
+        wait_for(lambda: _worker_main(proc.pid, missing_ok=True) not in (None, first), 30, 0.3, "a new worker")
+        with SpaClient(url, api_key="") as client:
+            model = client.upload_model(zoo["tiny"])
+            job = client.submit(model["id"], {"target": {"flops": 0.5}, "criterion": "l1"})
+            assert client.wait(job["id"], timeout=120)["state"] == "succeeded"
+        assert "worker exited (code -9)" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0
+
+
+def _worker_main(serve_pid: int, missing_ok: bool = False) -> int | None:
+    """The worker's main process: the direct child of `spa serve` running celery."""
+    for pid in _children(serve_pid):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[3]) == serve_pid and b"celery" in cmd and stat[2] != "Z":
+            return pid
+    if missing_ok:
+        return None
+    raise AssertionError("no worker process beside the API")
