@@ -23,7 +23,7 @@ from onnx import ModelProto, helper
 from pruning_core import surgery
 from pruning_core.analysis.groups import Analysis
 from pruning_core.analysis.groups import analyze as analyze_graph
-from pruning_core.errors import Cancelled, InternalError, PruneError, describe
+from pruning_core.errors import Cancelled, InternalError, PruneError, SpecError, describe
 from pruning_core.frontends import open_model
 from pruning_core.importance import CRITERIA, ScoreContext, score
 from pruning_core.ir import check
@@ -122,6 +122,8 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
         timings[name] = round(time.perf_counter() - started.get(name, time.perf_counter()), 4)
 
     stage("load", 0.0, f"loading {Path(model).name}")
+    if spec.device == "cuda":
+        _require_cuda()
     src = open_model(model, tmp)
     g = graph_mod.load(src.path, spec.input_shapes, spec.runtime.batch)
     refusal = check.quantized(g.model)
@@ -249,6 +251,20 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
 
     provenance.stamp(onnx_path, provenance.props(spec, src.original, summary))
     return PruneResult(artifacts, report, summary)
+
+
+def _require_cuda() -> None:
+    """``device: cuda`` where torch sees no GPU is the user's error, said before any work (it
+    used to run on the CPU without a word)."""
+    try:
+        import torch
+
+        ok = torch.cuda.is_available()
+    except ImportError:
+        ok = False
+    if not ok:
+        raise SpecError("device 'cuda' was asked for, but this machine has no CUDA GPU that torch can use; "
+                        "use device 'cpu', or run the job where a GPU worker listens")
 
 
 def _exact_only(an: Analysis, removed: np.ndarray) -> np.ndarray:

@@ -63,3 +63,17 @@ def test_analyze_lists_groups(mixnet_onnx: Path, capsys: pytest.CaptureFixture) 
     assert main(["analyze", str(mixnet_onnx), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["groups_total"] == len(data["groups"]) and data["groups_prunable"] >= 5
+
+
+def test_cuda_device_without_a_gpu_is_refused(mixnet_onnx: Path, tmp_path: Path) -> None:
+    """device: cuda on a machine without a GPU used to run on the CPU without a word."""
+    import torch
+
+    from pruning_core import api
+    from pruning_core.errors import SpecError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the job would run on it")
+    with pytest.raises(SpecError, match="no CUDA GPU"):
+        api.prune(mixnet_onnx, {"target": {"flops": 0.3}, "device": "cuda"}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
