@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from app.core import jobstate, sweeper
+from app.core import jobstate, sweeper, workers
 from app.core.blobs import release_if_unused
 from app.core.config import Settings
 from app.core.db.models import Dataset, Job, Model, utcnow
@@ -356,14 +356,52 @@ def sweep_once(settings: Settings) -> dict[str, str]:
 _sweeper: sweeper.Sweeper | None = None
 
 
-@worker_ready.connect
-def _start_sweeper(**_: Any) -> None:
-    global _sweeper
-    _remove_stale_workdirs()  # what a SIGKILLed predecessor (and its pool children) left behind
-    _sweeper = sweeper.Sweeper(_settings(), celery_app)
-    _sweeper.start()
+class _Beat(threading.Thread):
+    """This worker's row in ``workers`` (app.core.workers), refreshed every heartbeat interval."""
+
+    def __init__(self, settings: Settings, name: str, queues: list[str]) -> None:
+        super().__init__(daemon=True, name="spa-worker-beat")
+        self.settings, self.worker_name, self.queues = settings, name, queues
+        self.stop_event = threading.Event()
+
+    def once(self) -> None:
+        with session_scope(self.settings.database_url) as session:
+            workers.beat(session, self.worker_name, self.queues)
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.settings.heartbeat_interval_s):
+            try:
+                self.once()
+            except Exception:  # the database away for a while: the next beat tries again
+                log.warning("worker beat failed", exc_info=True)
+
+
+_beat: _Beat | None = None
+
+
+def _consumed_queues(consumer: Any, settings: Settings) -> list[str]:
     try:
-        sweep_once(_settings())  # a restarted worker recovers what its predecessor left at once
+        return sorted(q.name for q in consumer.task_consumer.queues)
+    except AttributeError:  # another Celery layout: assume the default queues
+        return [settings.queue_cpu, settings.queue_gpu]
+
+
+@worker_ready.connect
+def _start_sweeper(sender: Any = None, **_: Any) -> None:
+    global _sweeper, _beat
+    settings = _settings()
+    _remove_stale_workdirs()  # what a SIGKILLed predecessor (and its pool children) left behind
+    _sweeper = sweeper.Sweeper(settings, celery_app)
+    _sweeper.start()
+    name = getattr(getattr(sender, "hostname", None), "__str__", lambda: None)() or f"{socket.gethostname()}-{os.getpid()}"
+    _beat = _Beat(settings, name, _consumed_queues(sender, settings))
+    try:
+        _beat.once()
+    except Exception:
+        log.warning("worker beat failed", exc_info=True)
+    _beat.start()
+    try:
+        sweep_once(settings)  # a restarted worker recovers what its predecessor left at once
     except Exception:
         log.warning("initial sweep failed", exc_info=True)
 
@@ -372,6 +410,13 @@ def _start_sweeper(**_: Any) -> None:
 def _stop_sweeper(**_: Any) -> None:
     if _sweeper is not None:
         _sweeper.stop_event.set()
+    if _beat is not None:
+        _beat.stop_event.set()
+        try:
+            with session_scope(_settings().database_url) as session:
+                workers.leave(session, _beat.worker_name)
+        except Exception:
+            log.warning("could not remove this worker's row", exc_info=True)
 
 
 def _words(e: BaseException) -> str:

@@ -211,11 +211,15 @@ def test_submit_get_events(api: Any, auth: dict[str, str], zoo: dict[str, Path],
     got = api.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert got["id"] == job["id"] and got["artifacts"] == []
     events = api.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()
-    assert [e["seq"] for e in events["items"]] == [1] and events["items"][0]["kind"] == "state"
-    assert api.get(f"/v1/jobs/{job['id']}/events?after=1", headers=auth).json() == {
+    # no worker consumes this test's queues: the job says so rather than wait in silence
+    assert [e["seq"] for e in events["items"]] == [1, 2] and events["items"][0]["kind"] == "state"
+    assert f"no worker is consuming queue '{settings.queue_cpu}'" in events["items"][1]["message"]
+    assert api.get(f"/v1/jobs/{job['id']}/events?after=2", headers=auth).json() == {
         "items": [],
-        "next_after": 1,
+        "next_after": 2,
     }
+    ready = api.get("/readyz").json()
+    assert ready["queues"][settings.queue_cpu] == {"workers": 0, "consumed": False}
     # a spec that asks for a device goes to the GPU queue
     gpu = api.post(
         "/v1/jobs", headers=auth, json={"model_id": mid, "spec": {**SPEC, "device": "cuda"}}

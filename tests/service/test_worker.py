@@ -94,6 +94,9 @@ def test_round_trip(live: Any, auth: dict[str, str], zoo: dict[str, Path], tmp_p
     events = live.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()["items"]
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(1, len(seqs) + 1))
+    assert not any("no worker is consuming" in (e["message"] or "") for e in events)  # a live worker beats
+    ready = live.get("/readyz").json()
+    assert ready["queues"][job["queue"]]["consumed"] and ready["queues"][job["queue"]]["workers"] >= 1
     states = [e["message"].split(":")[0] for e in events if e["kind"] == "state"]
     assert states[0].startswith("queued") and states[1] == "running" and states[-1] == "succeeded"
     stages = [e["stage"] for e in events if e["kind"] == "stage"]

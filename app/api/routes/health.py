@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.errors import PROBLEM_MEDIA_TYPE, problems
+from app.core import workers
 
 router = APIRouter(tags=["health"])
 
@@ -29,7 +30,7 @@ def _check(fn: Any) -> str:
 
 @router.get(
     "/readyz",
-    summary="Readiness: database, broker and storage are usable",
+    summary="Readiness: database, broker and storage are usable; live workers per queue",
     responses={200: {"description": "ready"}, **problems(503)},
 )
 def readyz(request: Request) -> JSONResponse:
@@ -45,16 +46,32 @@ def readyz(request: Request) -> JSONResponse:
 
     checks = {"database": _check(db), "broker": _check(broker), "storage": _check(state.store.check)}
     ok = all(v == "ok" for v in checks.values())
+    queues = _queues(state) if checks["database"] == "ok" else None
     if ok:
-        return JSONResponse({"status": "ready", "checks": checks})
+        return JSONResponse({"status": "ready", "checks": checks, "queues": queues})
     body = {
         "type": "about:blank",
         "title": "Service Unavailable",
         "status": 503,
         "detail": "not ready",
         "checks": checks,
+        "queues": queues,
     }
     return JSONResponse(body, status_code=503, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def _queues(state: Any) -> dict[str, dict[str, Any]] | None:
+    """Per queue: live workers consuming it (their rows in ``workers``). Information, not a
+    readiness condition: the API accepts jobs for a queue whose worker is starting or restarting
+    (the job says so), and a deployment without GPU workers is still ready for CPU jobs."""
+    settings = state.settings
+    names = [settings.queue_cpu, settings.queue_gpu]
+    try:
+        with state.sessionmaker() as s:
+            live = workers.live_by_queue(s, settings.heartbeat_stale_s, names)
+    except Exception:
+        return None
+    return {q: {"workers": n, "consumed": n > 0} for q, n in live.items()}
 
 
 @router.get(

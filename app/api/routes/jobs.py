@@ -19,7 +19,7 @@ from app.api.deps import OwnerDep, SenderDep, SessionDep, SettingsDep, StoreDep
 from app.api.errors import ProblemError, not_found, problems
 from app.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, paginate
 from app.api.schemas import CancelOut, EventList, EventOut, JobCreate, JobOut, Page
-from app.core import jobstate
+from app.core import jobstate, workers
 from app.core.db.models import Dataset, Job, JobEvent, Model
 from app.core.npz import BadNpz, check_names, sample_count
 from app.core.queue import send_run_job
@@ -133,6 +133,10 @@ def create_job(
     try:
         session.flush()
         jobstate.add_event(session, job.id, "state", message=f"queued on {queue}")
+        if not workers.live_by_queue(session, settings.heartbeat_stale_s, [queue])[queue]:
+            # said, not refused: a worker may be starting; the job runs when one consumes the queue
+            jobstate.add_event(session, job.id, "state", message=f"no worker is consuming queue {queue!r} now; "
+                               "the job waits until one does")
         session.commit()
     except IntegrityError:  # a parallel request with the same Idempotency-Key won
         session.rollback()

@@ -138,3 +138,15 @@ class JobEvent(Base):
     stage: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     progress: Mapped[float | None] = mapped_column(sa.Float, default=None)
     message: Mapped[str | None] = mapped_column(sa.Text, default=None)
+
+
+class WorkerBeat(Base):
+    """A live worker and the queues it consumes, refreshed every ``heartbeat_interval_s``: /readyz
+    says per queue whether anyone consumes it, and a job sent to a queue nobody consumes says so."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    queues: Mapped[str] = mapped_column(sa.String(400))  # comma-separated
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow, index=True)
