@@ -265,7 +265,7 @@ def main() -> int:
     measure(rows, x_te, y_te)
     print_table(rows, len(x_te))
     print(
-        f"artifacts in {OUT}/ (job<N>/pruned.onnx and report.json); demo took {time.monotonic() - t0:.0f} s"
+        f"artifacts in {OUT}/ (job<N>/pruned.onnx, report.json, and report.html to open in a browser); demo took {time.monotonic() - t0:.0f} s"
     )
     return 1 if failed else 0
 
