@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -166,6 +167,32 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return code
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Exit 0 when the job is (being) cancelled; 1 when it had already finished otherwise."""
+    from client.http import SpaError
+
+    with _client(args) as client:
+        try:
+            got = client.cancel(args.job)
+        except SpaError as e:
+            if e.status == 409:  # finished before the request: say how it ended
+                print(json.dumps({"id": args.job, "state": e.body.get("state")}))
+                sys.stderr.write(f"spa: job {args.job} had already ended: {e.body.get('state')}\n")
+                return EXIT_JOB_FAILED
+            raise
+    print(json.dumps(got))
+    return EXIT_OK
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("spa-service")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = client.get_job(args.job)
@@ -304,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="server URL (default: $SPA_SERVER or http://127.0.0.1:8000)",
     )
     remote.add_argument("--api-key", default=argparse.SUPPRESS, help="API key (default: $SPA_API_KEY)")
+    parser.add_argument("--version", action="version", version=f"spa {_version()}")
     parser.add_argument("--server", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--api-key", default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -338,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[remote], help="show a job (JSON)")
     p.add_argument("job")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", parents=[remote], help="cancel a queued or running job")
+    p.add_argument("job")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("wait", parents=[remote], help="wait for a job with a progress bar")
     p.add_argument("job")
@@ -395,6 +427,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `spa jobs | head`: the reader left; not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")  # the interpreter flushes stdout at exit: not into the pipe
+        except OSError:
+            pass
+        return EXIT_OK
     except UsageError as e:
         sys.stderr.write(f"spa: error: {e}\n")
     except SpaError as e:

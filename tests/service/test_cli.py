@@ -219,3 +219,26 @@ def test_admin_lists_and_revokes_keys_refused_at_once(
     assert next(ln for ln in out.splitlines() if " leaver " in f" {ln} ").split()[-1] != "-"
     code, _, err = run(["admin", "revoke-key", "nobody", "--database-url", url], capsys)
     assert code == 2 and "no key" in err and "Error" not in err
+
+
+def test_version_cancel_and_a_closed_pipe(
+    zoo: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], cli_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("spa ")
+    code, out, err = run(["submit", str(zoo["tiny"]), "--flops", "0.5", "--criterion", "l1", "--wait"], capsys)
+    assert code == 0, err
+    job_id = out.strip().splitlines()[0]
+    code, out, err = run(["cancel", job_id], capsys)  # it had finished: says how, exit 1
+    assert code == 1 and json.loads(out)["state"] == "succeeded" and "already ended: succeeded" in err
+    code, _, err = run(["cancel", "0" * 32], capsys)
+    assert code == 2 and "404" in err
+    # `spa jobs | head -0`: the reader is gone before anything is written; no traceback, exit 0
+    r, w = os.pipe()
+    os.close(r)
+    monkeypatch.setattr("sys.stdout", os.fdopen(w, "w", buffering=1))
+    assert main(["jobs"]) == 0
