@@ -126,9 +126,7 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
         _require_cuda()
     src = open_model(model, tmp)
     g = graph_mod.load(src.path, spec.input_shapes, spec.runtime.batch)
-    refusal = check.quantized(g.model)
-    if refusal is not None:
-        raise refusal
+    check.refuse_quantized(g.model)
     done("load")
 
     stage("analyze", 0.0, f"{len(g.model.graph.node)} nodes")

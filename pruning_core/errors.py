@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class PruneError(Exception):
     """Base class: a user-facing problem with the model, the data or the spec."""
@@ -53,8 +55,6 @@ class InternalError(PruneError):
 def describe(e: BaseException) -> str:
     """An exception's message as words: onnxruntime's status prefix dropped, a KeyError's quotes
     explained, never the exception's class name."""
-    import re
-
     msg = " ".join(str(e).split())
     msg = re.sub(r"\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ", "", msg).replace("Fatal error: ", "")
     msg = re.sub(r"\[[A-Za-z]*(Error|Exception)\] ?", "", msg)  # onnx's "[ShapeInferenceError] " tags

@@ -34,7 +34,11 @@ def precision(an: Analysis) -> int:
 
 
 def tolerance(an: Analysis) -> float:
-    return max(TOL, ULPS * EPS[precision(an)])
+    return _tolerance(precision(an))
+
+
+def _tolerance(dtype: int) -> float:
+    return max(TOL, ULPS * EPS[dtype])
 
 
 def masked_model(an: Analysis, removed: np.ndarray) -> LightModel:
@@ -75,6 +79,7 @@ def verify(an: Analysis, removed: np.ndarray, pruned, inputs: dict[str, np.ndarr
     err = max(float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max()) if a.size else 0.0
               for a, b in zip(ref, got, strict=True))
     shapes_ok = all(a.shape == b.shape for a, b in zip(ref, got, strict=True))
-    tol = tolerance(an) * scale
-    return {"max_error": err, "output_scale": scale, "tolerance": tol, "precision": NAMES[precision(an)],
+    dtype = precision(an)
+    tol = _tolerance(dtype) * scale
+    return {"max_error": err, "output_scale": scale, "tolerance": tol, "precision": NAMES[dtype],
             "passed": bool(shapes_ok and err <= tol), "masked_consumers": len(an.consumer_inputs)}

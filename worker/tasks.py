@@ -353,30 +353,10 @@ def sweep_once(settings: Settings) -> dict[str, str]:
     return sweeper.sweep_once(settings, celery_app)
 
 
-_sweeper: sweeper.Sweeper | None = None
+_sweeper: sweeper.Periodic | None = None
 
 
-class _Beat(threading.Thread):
-    """This worker's row in ``workers`` (app.core.workers), refreshed every heartbeat interval."""
-
-    def __init__(self, settings: Settings, name: str, queues: list[str]) -> None:
-        super().__init__(daemon=True, name="spa-worker-beat")
-        self.settings, self.worker_name, self.queues = settings, name, queues
-        self.stop_event = threading.Event()
-
-    def once(self) -> None:
-        with session_scope(self.settings.database_url) as session:
-            workers.beat(session, self.worker_name, self.queues)
-
-    def run(self) -> None:
-        while not self.stop_event.wait(self.settings.heartbeat_interval_s):
-            try:
-                self.once()
-            except Exception:  # the database away for a while: the next beat tries again
-                log.warning("worker beat failed", exc_info=True)
-
-
-_beat: _Beat | None = None
+_beat: sweeper.Periodic | None = None
 
 
 def _consumed_queues(consumer: Any, settings: Settings) -> list[str]:
@@ -391,12 +371,17 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
     global _sweeper, _beat
     settings = _settings()
     _remove_stale_workdirs()  # what a SIGKILLed predecessor (and its pool children) left behind
-    _sweeper = sweeper.Sweeper(settings, celery_app)
+    _sweeper = sweeper.sweeper(settings, celery_app)
     _sweeper.start()
-    name = getattr(getattr(sender, "hostname", None), "__str__", lambda: None)() or f"{socket.gethostname()}-{os.getpid()}"
-    _beat = _Beat(settings, name, _consumed_queues(sender, settings))
+    name, queues = _worker_name(), _consumed_queues(sender, settings)  # the main process: same at shutdown
+
+    def beat() -> None:  # this worker's row in `workers` (app.core.workers)
+        with session_scope(settings.database_url) as session:
+            workers.beat(session, name, queues)
+
+    _beat = sweeper.Periodic(settings.heartbeat_interval_s, beat, "spa-worker-beat")
     try:
-        _beat.once()
+        beat()
     except Exception:
         log.warning("worker beat failed", exc_info=True)
     _beat.start()
@@ -414,7 +399,7 @@ def _stop_sweeper(**_: Any) -> None:
         _beat.stop_event.set()
         try:
             with session_scope(_settings().database_url) as session:
-                workers.leave(session, _beat.worker_name)
+                workers.leave(session, _worker_name())
         except Exception:
             log.warning("could not remove this worker's row", exc_info=True)
 

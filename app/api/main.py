@@ -21,7 +21,7 @@ from app.core.config import Settings, get_settings
 from app.core.db.session import get_sessionmaker
 from app.core.queue import make_celery
 from app.core.storage import make_store
-from app.core.sweeper import Sweeper
+from app.core.sweeper import sweeper as make_sweeper
 
 log = logging.getLogger("spa.api")
 
@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # jobs of a worker that died are recovered even when no worker is left to notice
-        sweeper = Sweeper(settings, app.state.celery, name="spa-api-sweeper") if settings.api_sweeps else None
+        sweeper = make_sweeper(settings, app.state.celery, "spa-api-sweeper") if settings.api_sweeps else None
         if sweeper is not None:
             sweeper.start()
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -70,17 +71,23 @@ def _sweep_validations(settings: Settings, sender: Celery) -> dict[str, str]:
     return out
 
 
-class Sweeper(threading.Thread):
-    """``sweep_once`` every ``settings.sweep_interval_s`` until ``stop_event`` is set."""
+class Periodic(threading.Thread):
+    """``fn()`` every ``interval_s`` until ``stop_event`` is set; a failed round (the database
+    away for a while) is logged and the next one tries again."""
 
-    def __init__(self, settings: Settings, sender: Celery, name: str = "spa-sweeper") -> None:
+    def __init__(self, interval_s: float, fn: Callable[[], object], name: str) -> None:
         super().__init__(daemon=True, name=name)
-        self.settings, self.sender = settings, sender
+        self.interval_s, self.fn = interval_s, fn
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self.stop_event.wait(self.settings.sweep_interval_s):
+        while not self.stop_event.wait(self.interval_s):
             try:
-                sweep_once(self.settings, self.sender)
-            except Exception:  # the database away for a while: the next round tries again
-                log.warning("sweep failed", exc_info=True)
+                self.fn()
+            except Exception:
+                log.warning("%s failed", self.name, exc_info=True)
+
+
+def sweeper(settings: Settings, sender: Celery, name: str = "spa-sweeper") -> Periodic:
+    """``sweep_once`` every ``settings.sweep_interval_s`` (started by the caller)."""
+    return Periodic(settings.sweep_interval_s, lambda: sweep_once(settings, sender), name)

@@ -19,7 +19,8 @@ from onnx import NodeProto
 from pruning_core.analysis.labels import LabelCtx, NotConst, compact
 from pruning_core.analysis.rules import RULES
 from pruning_core.errors import describe
-from pruning_core.ir.graph import Graph, implicit_inputs
+from pruning_core.ir.check import implicit_inputs
+from pruning_core.ir.graph import Graph
 
 
 @dataclass

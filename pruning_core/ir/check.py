@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, helper
 
-from pruning_core.errors import ModelLoadError, PruneError, describe
-from pruning_core.ir import weights
+from pruning_core.errors import ModelLoadError, UnsupportedOpError, describe
+from pruning_core.ir import runtime_shapes, weights
 
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 # Ops of quantized graphs (ONNX and onnxruntime's contrib domain): QDQ pairs, integer kernels,
@@ -58,8 +58,6 @@ def structure(m: ModelProto) -> None:
 def _sort(m: ModelProto, defined: set[str]) -> None:
     """Topological order (Kahn, stable: nodes already in order stay where they are); what a
     subgraph reads from outside counts as an input of its node."""
-    from pruning_core.ir.graph import implicit_inputs
-
     nodes = list(m.graph.node)
     index = {o: i for i, n in enumerate(nodes) for o in n.output if o}
     need = [{index[x] for x in [*n.input, *implicit_inputs(n)] if x and x not in defined and x in index}
@@ -88,63 +86,62 @@ def _sort(m: ModelProto, defined: set[str]) -> None:
 
 
 def _check_size(t: TensorProto) -> None:
-    if t.data_location == TensorProto.EXTERNAL or not t.raw_data:
-        return  # stubs and external data are checked by the reader; typed fields by protobuf
+    # stubs and external data are checked by their reader, typed fields by protobuf
+    if t.data_location == TensorProto.EXTERNAL or not t.raw_data or t.data_type == TensorProto.STRING:
+        return
+    bits = {TensorProto.INT4: 4, TensorProto.UINT4: 4}.get(t.data_type)
     try:
-        item = helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        bits = bits or 8 * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
     except (KeyError, TypeError, ValueError):
         return
-    if t.data_type in (TensorProto.STRING,):
-        return
-    n = int(np.prod(t.dims, dtype=np.int64))
-    bits = {TensorProto.INT4: 4, TensorProto.UINT4: 4}.get(t.data_type) if hasattr(TensorProto, "INT4") else None
-    need = (n * bits + 7) // 8 if bits else n * item
+    need = (int(np.prod(t.dims, dtype=np.int64)) * bits + 7) // 8
     if len(t.raw_data) != need:
         raise ModelLoadError(f"initializer {t.name!r} holds {len(t.raw_data)} bytes but its shape "
                              f"{list(t.dims)} needs {need}: the file is truncated or corrupt")
 
 
-def consistent(m: ModelProto, arrays: dict[str, np.ndarray], feeds: dict[str, np.ndarray] | None) -> None:
+def consistent(m: ModelProto, arrays: dict[str, np.ndarray]) -> None:
     """Strict shape inference on the skeleton; when it fails, the model must at least run on
-    onnxruntime (``feeds`` at the fixed input shapes) or it is refused with both reasons."""
+    onnxruntime at its fixed input shapes, or it is refused with both reasons."""
     try:
         onnx.shape_inference.infer_shapes(weights.as_inputs(m, weights.INLINE_MAX), check_type=False,
                                           strict_mode=True, data_prop=True)
         return
     except Exception as e:
         why = describe(e).replace("Inference error(s): ", "")[:300]
+    feeds = runtime_shapes.input_feeds(m)
     if feeds is None:
         return  # inputs without fixed shapes: nothing to run it on
     try:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(weights.as_inputs(m).SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
-        sess.run(None, {**feeds, **weights.LightModel(m, arrays).feeds()})
+        runtime_shapes.run_once(m, arrays, feeds)
     except Exception as e:
         raise ModelLoadError(f"the model is inconsistent: ONNX shape inference fails on it ({why}) and "
-                             f"onnxruntime cannot run it ({runtime_message(e)})") from None
+                             f"onnxruntime cannot run it ({describe(e)[:300]})") from None
 
 
-def runtime_message(e: BaseException) -> str:
-    """onnxruntime's message without its status prefix ("[ONNXRuntimeError] : 1 : FAIL : ")."""
-    return describe(e)[:300]
-
-
-def quantized(m: ModelProto) -> PruneError | None:
-    """The refusal for a quantized graph (None for a float one): a sentence that names
+def refuse_quantized(m: ModelProto) -> None:
+    """A quantized graph is refused (``UnsupportedOpError``) with a sentence that names
     quantization and the ops, and says what to do instead."""
     ops: dict[str, str] = {}
     for n in m.graph.node:
         if n.op_type in QUANTIZED and n.op_type not in ops:
             ops[n.op_type] = n.name
-    if not ops:
-        return None
-    from pruning_core.errors import UnsupportedOpError
+    if ops:
+        shown = ", ".join(f"{op} (node {name!r})" for op, name in list(ops.items())[:4])
+        raise UnsupportedOpError(f"the model is quantized ({shown}{', ...' if len(ops) > 4 else ''}); pruning "
+                                 "quantized graphs is not supported: prune the float model, then quantize the result")
 
-    shown = ", ".join(f"{op} (node {name!r})" for op, name in list(ops.items())[:4])
-    return UnsupportedOpError(f"the model is quantized ({shown}{', ...' if len(ops) > 4 else ''}); pruning "
-                              "quantized graphs is not supported: prune the float model, then quantize the result")
+
+def implicit_inputs(node: onnx.NodeProto) -> list[str]:
+    """Names of the enclosing graph that ``node``'s subgraphs (If branches, Loop / Scan bodies)
+    read without declaring them: real inputs of the node for ordering, liveness and coupling."""
+    out: list[str] = []
+    for a in node.attribute:
+        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            inner = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            for n in sub.node:
+                for name in [*n.input, *implicit_inputs(n)]:
+                    if name and name not in inner and name not in out:
+                        out.append(name)
+                inner.update(o for o in n.output if o)
+    return out

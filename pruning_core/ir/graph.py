@@ -9,9 +9,10 @@ users know (``conv1.weight``).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -67,6 +68,8 @@ class Graph:
     # model could not run when some shape stayed unknown
     runtime_shaped: set[str] = field(default_factory=set)
     shape_note: str | None = None
+    # ir.signature's symbols of this graph (with their probes), made once: every restore reuses them
+    signature_symbols: list[Any] | None = field(default=None, repr=False)
 
     def light(self) -> weights.LightModel:
         return weights.LightModel(self.model, self.inits)
@@ -141,7 +144,7 @@ def load(model: str | os.PathLike[str] | ModelProto, input_shapes: dict[str, lis
     unfixed = ModelProto()
     unfixed.CopyFrom(m)  # light: stubs only
     _fix_input_shapes(m, input_shapes or {}, batch)
-    check.consistent(m, arrays, runtime_shapes.input_feeds(m))
+    check.consistent(m, arrays)
     g = _normalize(m, path, arrays, opset, original)
     g.unfixed, g.unfixed_arrays = unfixed, arrays
     return g
@@ -481,7 +484,7 @@ def _prune_dead(g: Graph) -> None:
     for node in reversed(list(m.graph.node)):
         if any(o in needed for o in node.output):
             keep.append(node)
-            needed.update(n for n in [*node.input, *implicit_inputs(node)] if n)
+            needed.update(n for n in [*node.input, *check.implicit_inputs(node)] if n)
     keep.reverse()
     if len(keep) != len(m.graph.node):
         del m.graph.node[:]
@@ -493,19 +496,15 @@ def _prune_dead(g: Graph) -> None:
         g.inits = {k: v for k, v in g.inits.items() if k in needed}
 
 
-def implicit_inputs(node: NodeProto) -> list[str]:
-    """Names of the enclosing graph that ``node``'s subgraphs (If branches, Loop / Scan bodies)
-    read without declaring them: real inputs of the node for ordering, liveness and coupling."""
-    out: list[str] = []
-    for a in node.attribute:
-        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            inner = {i.name for i in sub.input} | {t.name for t in sub.initializer}
-            for n in sub.node:
-                for name in [*n.input, *implicit_inputs(n)]:
-                    if name and name not in inner and name not in out:
-                        out.append(name)
-                inner.update(o for o in n.output if o)
-    return out
+def origin(name: str, names: Container[str]) -> str | None:
+    """The tensor of ``names`` that ``name`` is, or a private copy of (``<name>__<suffix>``: one
+    user's copy of a shared initializer, made here by ``_unshare_vectors`` and by surgery)."""
+    cut = len(name)
+    while cut > 0:
+        if name[:cut] in names:
+            return name[:cut]
+        cut = name.rfind("__", 0, cut)
+    return None
 
 
 def attr(node: NodeProto, name: str, default):

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from onnx import ModelProto, ValueInfoProto, helper
 
-from pruning_core.errors import ModelLoadError
-from pruning_core.ir import check, weights
+from pruning_core.errors import ModelLoadError, describe
+from pruning_core.ir import weights
 
 if TYPE_CHECKING:
     from pruning_core.ir.graph import Graph
@@ -63,6 +63,24 @@ def input_feeds(m: ModelProto) -> dict[str, np.ndarray] | None:
     return out
 
 
+def run_once(m: ModelProto, arrays: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+             extra_outputs: list[str] = ()) -> dict[str, np.ndarray]:
+    """One onnxruntime run of ``m`` (weights fed in place from ``arrays``, never serialized; no
+    graph optimization: a check, not a timing), with ``extra_outputs`` added: {output: value}."""
+    import onnxruntime as ort
+
+    sk = weights.as_inputs(m)
+    have = {o.name for o in sk.graph.output}
+    # an output with a name only: onnxruntime takes its type from the producing node
+    sk.graph.output.extend(ValueInfoProto(name=n) for n in extra_outputs if n not in have)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(sk.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    out = sess.run(None, {**feeds, **weights.LightModel(m, arrays).feeds()})
+    return dict(zip([o.name for o in sess.get_outputs()], out, strict=True))
+
+
 def resolve(g: Graph) -> None:
     """Measure the shapes static inference left open (``g.shapes`` / ``g.dtypes``; the names go
     to ``g.runtime_shaped``). When there is nothing to run it on, ``g.shape_note`` says why and the
@@ -76,21 +94,10 @@ def resolve(g: Graph) -> None:
         g.shape_note = "an input has no fixed shape or a type that cannot be generated"
         return
     try:
-        import onnxruntime as ort
-
-        m = weights.as_inputs(g.model)  # weights fed in place, never serialized
-        have = {o.name for o in m.graph.output}
-        # an output with a name only: onnxruntime takes its type from the producing node
-        m.graph.output.extend(ValueInfoProto(name=n) for n in names if n not in have)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        got = dict(zip([o.name for o in sess.get_outputs()],
-                       sess.run(None, {**x, **weights.LightModel(g.model, g.inits).feeds()}), strict=True))
+        got = run_once(g.model, g.inits, x, names)
     except Exception as e:  # everything after analysis runs the model on onnxruntime: say it now
         raise ModelLoadError(f"onnxruntime cannot run the model, which it must to measure the shapes ONNX "
-                             f"shape inference leaves open (e.g. {names[0]!r}): {check.runtime_message(e)}") from None
+                             f"shape inference leaves open (e.g. {names[0]!r}): {describe(e)[:300]}") from None
     for n in names:
         a = got.get(n)
         if isinstance(a, np.ndarray):

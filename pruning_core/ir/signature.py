@@ -68,9 +68,8 @@ def symbols(g: graph_mod.Graph) -> list[Symbol]:
     try of a latency target."""
     if g.unfixed is None:
         return []
-    cached = getattr(g, "_signature_symbols", None)
-    if cached is not None:
-        return cached
+    if g.signature_symbols is not None:
+        return g.signature_symbols
     fixed = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in g.model.graph.input}
     by_name: dict[str, Symbol] = {}
     out: list[Symbol] = []
@@ -87,7 +86,7 @@ def symbols(g: graph_mod.Graph) -> list[Symbol]:
             s.dims.append((inp.name, axis))
             if size != s.base:
                 s.pinned = f"its dims were fixed to different sizes ({s.base}, {size})"
-    g._signature_symbols = out  # type: ignore[attr-defined]
+    g.signature_symbols = out
     return out
 
 
@@ -159,15 +158,8 @@ class _Rewriter:
     def base_name(self, name: str) -> str | None:
         """The analysed graph's constant behind ``name`` (surgery gives a shared one a private
         copy, ``<name>__<node>``); None for an original initializer or one surgery made."""
-        g = self.g
-        if name in g.inits:
-            return None if name in g.original_inits else name
-        cut = name.rfind("__")
-        while cut > 0:
-            if name[:cut] in g.inits:
-                return None if name[:cut] in g.original_inits else name[:cut]
-            cut = name.rfind("__", 0, cut)
-        return None
+        base = graph_mod.origin(name, self.g.inits)
+        return None if base is None or base in self.g.original_inits else base
 
     def plan(self, t: TensorProto, syms: list[Symbol]) -> _Plan | None:
         base_name = self.base_name(t.name)

@@ -49,7 +49,7 @@ def recover(original_model: ModelProto, pruned_model: ModelProto, spec: PruneSpe
 
     teacher = twin_of(original_model, device, frozen=True)
     student = twin_of(pruned_model, device)
-    params = [p for name, p in student.named_onnx_parameters() if trainable is None or _own(name, trainable)]
+    params = [p for name, p in student.named_onnx_parameters() if trainable is None or graph_mod.origin(name, trainable)]
     if not params:
         return pruned_model
 
@@ -93,13 +93,3 @@ def recover(original_model: ModelProto, pruned_model: ModelProto, spec: PruneSpe
                 p.copy_(p0)
     return student.to("cpu").export_initializers(pruned_model)
 
-
-def _own(name: str, trainable: Collection[str]) -> bool:
-    """Whether ``name`` is one of the model's parameters, or surgery's private copy of one
-    (``<name>__<node>``)."""
-    cut = len(name)
-    while cut > 0:
-        if name[:cut] in trainable:
-            return True
-        cut = name.rfind("__", 0, cut)
-    return False

@@ -70,3 +70,27 @@ def export(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, name
     torch.onnx.export(model, example, str(path), input_names=names, dynamo=dynamo,
                       opset_version=18 if dynamo else 17)
     return path
+
+
+def verify_catches_a_wrong_cut(path: Path, min_size: int, k: int):
+    """Cut the first ``k`` channels of a group of at least ``min_size``: the check passes for them
+    and fails when told other channels went (it is not vacuous). Returns the analysis."""
+    import numpy as np
+
+    from pruning_core import surgery, verify
+    from pruning_core.analysis import groups
+    from pruning_core.ir import graph
+    from pruning_core.runtime.data import synthetic_inputs
+
+    g = graph.load(path)
+    an = groups.analyze(g)
+    grp = next(gr for gr in an.groups if gr.prunable and gr.size >= min_size)
+    removed = np.zeros(an.n_channels, bool)
+    removed[grp.channels[:k]] = True
+    pruned = surgery.apply(an, removed)
+    x = synthetic_inputs(g)
+    assert verify.verify(an, removed, pruned, x)["passed"]
+    other = np.zeros_like(removed)
+    other[grp.channels[k:2 * k]] = True
+    assert not verify.verify(an, other, pruned, x)["passed"]
+    return an

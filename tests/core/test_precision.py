@@ -10,10 +10,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from pruning_core import api, surgery, verify
-from pruning_core.analysis import groups
-from pruning_core.ir import graph
-from pruning_core.runtime.data import synthetic_inputs
+from pruning_core import api, verify
+from tests.core.nets import verify_catches_a_wrong_cut
 
 
 def _mlp16(path: Path) -> Path:
@@ -53,15 +51,5 @@ def test_float16_model_prunes_and_stays_float16(tmp_path: Path) -> None:
 
 
 def test_float16_tolerance_still_catches_a_wrong_cut(tmp_path: Path) -> None:
-    g = graph.load(_mlp16(tmp_path / "m.onnx"))
-    an = groups.analyze(g)
-    grp = next(gr for gr in an.groups if gr.prunable and gr.size >= 64)
-    removed = np.zeros(an.n_channels, bool)
-    removed[grp.channels[:16]] = True
-    pruned = surgery.apply(an, removed)
-    x = synthetic_inputs(g)
-    assert verify.verify(an, removed, pruned, x)["passed"]
-    other = np.zeros_like(removed)
-    other[grp.channels[16:32]] = True
-    assert not verify.verify(an, other, pruned, x)["passed"]
+    an = verify_catches_a_wrong_cut(_mlp16(tmp_path / "m.onnx"), min_size=64, k=16)
     assert verify.tolerance(an) == verify.ULPS * 2.0 ** -10

@@ -10,11 +10,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from pruning_core import api, surgery, verify
-from pruning_core.analysis import groups
+from pruning_core import api
 from pruning_core.errors import ModelLoadError, SpecError, UnreachableTargetError
 from pruning_core.ir import graph
 from pruning_core.runtime.data import synthetic_inputs
+from tests.core.nets import verify_catches_a_wrong_cut
 
 # "measure": False where a test is about targets and the cut, not speed: these nets run in 0.1 ms,
 # where the odd widths a 16-channel group needs can measure slower and be refused (that refusal is
@@ -47,17 +47,7 @@ def test_targets_met_and_verified(net: str, kind: str, value: float, request: py
 
 def test_verify_catches_a_wrong_surgery(mixnet_onnx: Path) -> None:
     """The check is not vacuous: removing other channels than the masked ones is caught."""
-    g = graph.load(mixnet_onnx)
-    an = groups.analyze(g)
-    removed = np.zeros(an.n_channels, bool)
-    grp = next(gr for gr in an.groups if gr.prunable and gr.size >= 8)
-    removed[grp.channels[:2]] = True
-    pruned = surgery.apply(an, removed)
-    x = synthetic_inputs(g)
-    assert verify.verify(an, removed, pruned, x)["passed"]
-    other = np.zeros_like(removed)
-    other[grp.channels[2:4]] = True
-    assert not verify.verify(an, other, pruned, x)["passed"]
+    verify_catches_a_wrong_cut(mixnet_onnx, min_size=8, k=2)
 
 
 def test_local_scope_same_ratio_per_group(mixnet_onnx: Path, tmp_path: Path) -> None:
