@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from app.api.deps import is_loopback
 
@@ -125,6 +126,29 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+def access_log_config(path: Path) -> dict[str, Any]:
+    """uvicorn's logging: one line per request into ``path`` (the terminal stays quiet), its own
+    warnings and errors on stderr."""
+    fmt = '%(asctime)s %(client_addr)s "%(request_line)s" %(status_code)s'
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "access": {"()": "uvicorn.logging.AccessFormatter", "fmt": fmt, "use_colors": False},
+            "default": {"()": "uvicorn.logging.DefaultFormatter", "fmt": "%(levelprefix)s %(message)s",
+                        "use_colors": False},
+        },  # fmt: skip
+        "handlers": {
+            "access": {"class": "logging.FileHandler", "filename": str(path), "formatter": "access"},
+            "default": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "default"},
+        },
+        "loggers": {
+            "uvicorn.error": {"handlers": ["default"], "level": "WARNING", "propagate": False},
+            "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+        },
+    }
+
+
 def serve(*, host: str, port: int, data_dir: Path, auth: bool) -> int:
     if not auth and not is_loopback(host):
         sys.stderr.write(
@@ -153,7 +177,8 @@ def serve(*, host: str, port: int, data_dir: Path, auth: bool) -> int:
     mode = "API keys required" if auth else "authentication OFF (loopback clients only)"
     sys.stderr.write(
         f"SPA embedded server on http://{host}:{port}  [{mode}]\n"
-        f"  data: {data_dir}  (database {settings.database_url}, worker log {data_dir / 'worker.log'})\n"
+        f"  data: {data_dir}  (database {settings.database_url}, worker log {data_dir / 'worker.log'}, "
+        f"access log {data_dir / 'access.log'})\n"
     )
     sys.stderr.flush()
 
@@ -166,7 +191,7 @@ def serve(*, host: str, port: int, data_dir: Path, auth: bool) -> int:
     signal.signal(signal.SIGINT, _exit)
     code = 0
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.run(app, host=host, port=port, log_config=access_log_config(data_dir / "access.log"))
     except SystemExit as e:  # ours (a signal: 0) or uvicorn's (cannot bind the port: 1)
         code = 0 if e.code in (0, None) else 2
     finally:

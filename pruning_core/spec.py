@@ -5,7 +5,7 @@ Pure pydantic: importable by the API process (no torch, no onnx).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -27,11 +27,22 @@ TargetKind = Literal["flops", "params", "channels", "latency"]
 TARGET_KINDS: tuple[TargetKind, ...] = ("flops", "params", "channels", "latency")
 
 
+def _target_json_schema(schema: dict[str, Any]) -> None:
+    """Say in the JSON schema (the API's document) what ``Target._exactly_one`` checks: one kind
+    given, a fraction strictly between 0 and 1; the others absent or null."""
+    for kind in TARGET_KINDS:
+        schema["properties"][kind]["anyOf"][0].update(exclusiveMinimum=0, exclusiveMaximum=1)
+    schema["oneOf"] = [
+        {"required": [k], "properties": {o: {"type": "number" if o == k else "null"} for o in TARGET_KINDS}}
+        for k in TARGET_KINDS
+    ]
+
+
 class Target(BaseModel):
     """Exactly one of flops / params / channels / latency: the fraction to REMOVE, in (0, 1).
     ``latency`` is measured on onnxruntime as ``runtime`` says (provider, threads, batch)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_target_json_schema)
 
     flops: Fraction | None = None
     params: Fraction | None = None
@@ -73,8 +84,19 @@ class Runtime(BaseModel):
     batch: int | None = Field(None, ge=1, le=4096)
 
 
+def _calibration_json_schema(schema: dict[str, Any]) -> None:
+    # what _one_eval_source checks: not a non-zero eval_fraction beside an eval_dataset_id
+    schema["not"] = {
+        "required": ["eval_dataset_id", "eval_fraction"],
+        "properties": {
+            "eval_dataset_id": {"type": "string"},
+            "eval_fraction": {"type": "number", "exclusiveMinimum": 0},
+        },
+    }
+
+
 class Calibration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_calibration_json_schema)
 
     dataset_id: str | None = Field(None, min_length=1, max_length=64)
     # Calibration passes run at the graph's own batch size (exports fix it), so there is no
@@ -113,10 +135,27 @@ class AutoBotOptions(BaseModel):
     batch_size: int = Field(64, ge=1, le=4096)
 
 
+def _spec_json_schema(schema: dict[str, Any]) -> None:
+    """Say in the JSON schema (the API's document) what PruneSpec's validators check."""
+    from pruning_core.criteria_names import CRITERION_INFO
+
+    props = schema["properties"]
+    props["criterion"]["enum"] = sorted(CRITERION_INFO)
+    props["round_to"]["anyOf"][0].update(minimum=1, maximum=4096)
+    props["input_shapes"]["additionalProperties"]["items"].update(minimum=1, maximum=MAX_DIM)
+    schema["not"] = {  # _cuda_runtime_needs_cuda
+        "required": ["runtime", "device"],
+        "properties": {
+            "runtime": {"required": ["provider"], "properties": {"provider": {"const": "cuda"}}},
+            "device": {"const": "cpu"},
+        },
+    }
+
+
 class PruneSpec(BaseModel):
     """What to prune and how. See ../shared/ARCHITECTURE.md, section Spec."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_spec_json_schema)
 
     target: Target = Field(default_factory=lambda: Target(channels=0.3))
     criterion: str = Field("l1", max_length=64)
@@ -137,7 +176,9 @@ class PruneSpec(BaseModel):
     device: Literal["cpu", "cuda"] | None = None
     verify: bool = True     # masked-equivalence check (a failing check fails the job)
     measure: bool = True    # onnxruntime latency and output fidelity (params / MACs always)
-    seed: int = Field(0, ge=0, le=2**63 - 1)  # numpy refuses negative seeds
+    # numpy refuses negative seeds; 2**53 - 1 is the largest integer every JSON reader holds exactly
+    # (I-JSON): a bigger bound is one a client or a schema validator may read as a float
+    seed: int = Field(0, ge=0, le=2**53 - 1)
 
     @field_validator("round_to")
     @classmethod

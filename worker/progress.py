@@ -3,12 +3,14 @@ job row (throttled: the library calls it often) and turns a cancel request into 
 
 from __future__ import annotations
 
+import logging
 import time
 
 from app.core import jobstate
 from app.core.config import Settings
-from app.core.db.session import session_scope
+from app.core.db.session import DB_AWAY, session_scope
 
+log = logging.getLogger("spa.worker")
 MIN_INTERVAL_S = 0.5  # between DB writes for plain progress ticks
 MIN_STEP = 0.05  # a progress event at least every 5 %
 # The library reports a fraction per stage; the job shows one overall fraction, so stages are laid
@@ -46,6 +48,21 @@ class ProgressReporter:
         # Write on a stage change, a message, or a tick after the interval; skip the rest.
         if not (new_stage or message or now - self.last_write >= MIN_INTERVAL_S):
             return
+        try:
+            state = self._write(stage, fraction, message, new_stage)
+        except DB_AWAY as e:  # the work goes on through a database outage; the next tick writes
+            log.warning("progress of job %s not recorded (database unavailable): %s", self.job_id,
+                        " ".join(str(e).split())[:160])
+            return
+        self.stage = stage
+        self.last_write = now
+        if state == "cancelling":
+            from pruning_core.errors import Cancelled
+
+            raise Cancelled("cancelled by the user")
+
+    def _write(self, stage: str, fraction: float, message: str | None, new_stage: bool) -> str:
+        """Heartbeat with stage and progress, plus an event when due; returns the job's state."""
         with session_scope(self.db) as session:
             state = jobstate.heartbeat(session, self.job_id, stage=stage, progress=fraction)
             if new_stage:
@@ -60,9 +77,4 @@ class ProgressReporter:
             elif abs(fraction - self.last_event_fraction) >= MIN_STEP:
                 jobstate.add_event(session, self.job_id, "progress", stage=stage, progress=fraction)
                 self.last_event_fraction = fraction
-        self.stage = stage
-        self.last_write = now
-        if state == "cancelling":
-            from pruning_core.errors import Cancelled
-
-            raise Cancelled("cancelled by the user")
+        return state

@@ -10,24 +10,31 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
 from app.core import jobstate, sweeper, workers
 from app.core.blobs import release_if_unused
 from app.core.config import Settings
 from app.core.db.models import Dataset, Job, Model, utcnow
-from app.core.db.session import get_engine, session_scope
+from app.core.db.session import DB_AWAY, get_engine, session_scope
 from app.core.queue import TASK_RUN_JOB, TASK_VALIDATE_MODEL
 from app.core.storage import BlobStore, make_store
 from pruning_core.frontends.zipsafe import UnsafeZip, safe_extract
-from worker import latency_cache, sandbox, workdirs
+from worker import latency_cache, logs, sandbox, workdirs
 from worker.celery_app import celery_app
 from worker.progress import ProgressReporter
 from worker.sandbox import SandboxFailure
@@ -41,8 +48,35 @@ def _settings() -> Settings:
     return celery_app.conf.spa_settings
 
 
+T = TypeVar("T")
+
+
+def with_db(settings: Settings, what: str, fn: Callable[[], T]) -> T:
+    """``fn()`` (a database step), retried with backoff (0.5 s doubling to 15 s) while the
+    database is away, for up to ``settings.db_retry_s``. The message stays unacked meanwhile, so a
+    task is never acknowledged and dropped over an outage; past the limit the error propagates and
+    the sweeper recovers the job (app.core.sweeper)."""
+    deadline = time.monotonic() + settings.db_retry_s
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except DB_AWAY as e:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database unavailable (%s); retrying in %g s", what, _words(e)[:120], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
 def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: Any) -> None:
+    logs.install(logger, _settings().log_format)
 
 
 @worker_process_init.connect
@@ -124,9 +158,16 @@ def _claim_validation(settings: Settings, model_id: str) -> Model | None:
 
 @celery_app.task(name=TASK_VALIDATE_MODEL)
 def validate_model(model_id: str) -> str:
+    with logs.about(f"model {model_id}"):
+        state = _validate(model_id)
+        log.info("validation ended: %s", state)
+        return state
+
+
+def _validate(model_id: str) -> str:
     settings = _settings()
     store = make_store(settings)
-    model = _claim_validation(settings, model_id)
+    model = with_db(settings, f"model {model_id}", lambda: _claim_validation(settings, model_id))
     if model is None:
         return "skipped"
     workdir = workdirs.make("validate")
@@ -150,15 +191,19 @@ def validate_model(model_id: str) -> str:
         reason = f"internal error while analysing the model: {_words(e)}"
     finally:
         workdirs.remove(workdir)
-    with session_scope(settings.database_url) as session:
-        row = session.get(Model, model_id)
-        if row is None:
-            return "gone"
-        row.state, row.reason, row.summary, row.groups = state, reason, summary, groups
-        session.flush()
-        if state == "invalid":
-            release_if_unused(session, store, model.sha256)
-    return state
+
+    def write() -> str:
+        with session_scope(settings.database_url) as session:
+            row = session.get(Model, model_id)
+            if row is None:
+                return "gone"
+            row.state, row.reason, row.summary, row.groups = state, reason, summary, groups
+            session.flush()
+            if state == "invalid":
+                release_if_unused(session, store, model.sha256)
+        return state
+
+    return with_db(settings, f"model {model_id}", write)
 
 
 class _Heartbeat(threading.Thread):
@@ -224,20 +269,34 @@ def _job_watch(db: str, job_id: str) -> Callable[[], None]:
 
 @celery_app.task(name=TASK_RUN_JOB)
 def run_job(job_id: str) -> str:
+    # Celery logs the task as "succeeded" whatever the job did; this line says how the job ended.
+    with logs.about(f"job {job_id}"):
+        outcome = _run(job_id)
+        log.log(logging.WARNING if outcome not in ("succeeded", "cancelled") else logging.INFO,
+                "job ended: %s", outcome)
+        return outcome
+
+
+def _run(job_id: str) -> str:
     settings = _settings()
     db = settings.database_url
-    with session_scope(db) as session:
-        got = jobstate.claim(
-            session,
-            job_id,
-            _worker_name(),
-            stale_before=jobstate.stale_cutoff(settings.heartbeat_stale_s),
-            max_attempts=settings.max_attempts,
-        )
-        if not got.ok:
-            if got.reason == "job is cancelled":
+
+    def take() -> jobstate.Claim:
+        with session_scope(db) as session:
+            got = jobstate.claim(
+                session,
+                job_id,
+                _worker_name(),
+                stale_before=jobstate.stale_cutoff(settings.heartbeat_stale_s),
+                max_attempts=settings.max_attempts,
+            )
+            if not got.ok and got.reason == "job is cancelled":
                 jobstate.add_event(session, job_id, "log", message="task received after cancel; not run")
-            return got.reason
+            return got
+
+    got = with_db(settings, f"job {job_id}", take)
+    if not got.ok:
+        return got.reason
     beat = _Heartbeat(settings, job_id)
     beat.start()
     workdir = workdirs.make("job")
@@ -246,7 +305,7 @@ def run_job(job_id: str) -> str:
     finally:
         beat.stop_event.set()
         workdirs.remove(workdir)
-    return _record(db, job_id, final)
+    return with_db(settings, f"job {job_id}", lambda: _record(db, job_id, final))
 
 
 @dataclass
@@ -271,6 +330,24 @@ def _record(db: str, job_id: str, final: _Final) -> str:
     return final.state if ok or final.state != "succeeded" else "lost"
 
 
+def _inputs(db: str, job_id: str) -> tuple[dict[str, Any], Model, Dataset | None, Dataset | None] | _Final:
+    """The job's spec, model and datasets, or how it failed when one of them is unusable."""
+    with session_scope(db) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        model = session.get(Model, job.model_id)
+        assert model is not None
+        if model.state == "invalid":
+            return _failed(f"the model is invalid: {model.reason}", "invalid_model")
+        dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+        spec = dict(job.spec)
+        eval_id = (spec.get("calibration") or {}).get("eval_dataset_id")
+        eval_set = session.get(Dataset, eval_id) if eval_id else None
+        if eval_id and (eval_set is None or eval_set.owner_id != job.owner_id):
+            return _failed(f"the eval dataset {eval_id!r} does not exist", "invalid_data")
+        return spec, model, dataset, eval_set
+
+
 def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> _Final:
     db = settings.database_url
     store = make_store(settings)
@@ -280,19 +357,10 @@ def _run_claimed(settings: Settings, job_id: str, workdir: Path) -> _Final:
     except ImportError as e:
         return _failed(f"the pruning library is not installed on this worker: {e}", "internal")
     try:
-        with session_scope(db) as session:
-            job = session.get(Job, job_id)
-            assert job is not None
-            model = session.get(Model, job.model_id)
-            assert model is not None
-            if model.state == "invalid":
-                return _failed(f"the model is invalid: {model.reason}", "invalid_model")
-            dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
-            spec = dict(job.spec)
-            eval_id = (spec.get("calibration") or {}).get("eval_dataset_id")
-            eval_set = session.get(Dataset, eval_id) if eval_id else None
-            if eval_id and (eval_set is None or eval_set.owner_id != job.owner_id):
-                return _failed(f"the eval dataset {eval_id!r} does not exist", "invalid_data")
+        inputs = with_db(settings, f"job {job_id}", lambda: _inputs(db, job_id))
+        if isinstance(inputs, _Final):
+            return inputs
+        spec, model, dataset, eval_set = inputs
         reporter("fetch", 0.0, "fetching the model")
         model_path = materialize_model(store, model, workdir / "in", settings)
         request: dict[str, Any] = {"op": "prune", "model": str(model_path.relative_to(workdir)),

@@ -10,9 +10,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.core.db.session import DB_AWAY
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+DB_RETRY_AFTER_S = 5
 log = logging.getLogger("spa.api")
 
 
@@ -110,6 +114,24 @@ def install_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else None
         detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else "invalid request"
         return problem_response(request, 422, detail=detail, errors=errors)
+
+    # The database away (restart, failover, network) or locked is an outage, not a bug: 503 with
+    # Retry-After, so that clients wait and retry instead of giving up on a 500.
+    async def _database_away(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(
+            request, 503, detail="the database is unavailable; retry shortly",
+            headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+        )
+
+    for away in DB_AWAY:
+        app.add_exception_handler(away, _database_away)
+
+    @app.exception_handler(sa_exc.DBAPIError)
+    async def _dbapi(request: Request, exc: sa_exc.DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:  # the connection dropped under the statement
+            return await _database_away(request, exc)
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

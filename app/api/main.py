@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessionmaker = get_sessionmaker(settings.database_url)
     app.state.store = make_store(settings)
     app.state.celery = make_celery(settings)
-    app.state.metrics = Metrics(app.state.sessionmaker)
+    app.state.metrics = Metrics(app.state.sessionmaker, settings)
     # Before the metrics middleware, which then wraps it: its 413s are counted too.
     app.add_middleware(BodyLimit, max_bytes=settings.max_spec_bytes + SPEC_SLACK)
     app.state.metrics.install(app)

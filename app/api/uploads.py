@@ -8,6 +8,7 @@ the whole body, with or without Content-Length."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ MAX_FIELD_BYTES = 64 * 1024  # one non-file form field
 MAX_FORM_BYTES = 256 * 1024  # all non-file field values and all part headers together
 EXTRA_PARTS = 4  # parts allowed beyond max_form_fields: the file, a few ignored file parts
 BOUNDARY_SLACK = 64 * 1024  # boundary lines, preamble and epilogue
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,11 @@ async def receive_upload(
                 state["part"] = "skip"
                 return
             filename = disp[b"filename"].decode("utf-8", "replace")
+            if _CONTROL.search(filename):
+                # RFC 6266: a quoted file name holds no control characters (PostgreSQL refuses a NUL
+                # in a text column: that was a 500)
+                detail = "malformed multipart body: control characters in the file name"
+                errors.append(ProblemError(400, detail))
             staged = store.stage(limit)
             state["part"] = "file"
         elif b"filename" in disp:

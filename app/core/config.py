@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # .pt2 files are programs (loaded only in the worker's sandbox); None -> on only without auth
     # (the loopback embedded mode), off when API keys are in use. See SECURITY.md.
     allow_pytorch_uploads: bool | None = None
+    # /metrics needs an API key when auth is on; true serves it to anyone who can reach it (for
+    # a scraper on a private network without credentials).
+    metrics_public: bool = False
 
     # Bounded inputs (SECURITY.md): archives, forms and specs are refused before they cost much.
     max_unpacked_bytes: int = Field(limits.DEFAULT_MAX_UNPACKED, ge=1)  # a zip / npz may unpack to at most this
@@ -50,6 +53,10 @@ class Settings(BaseSettings):
     job_file_bytes: int = Field(32 * 1024**3, ge=1024**2)  # largest file the child may write
     sandbox_user: str = "nobody"  # the child drops to this user when the worker runs as root
     cancel_grace_s: float = Field(5.0, ge=0)  # a job still "cancelling" this long is killed
+
+    # Worker log lines: "text" names the job in brackets, "json" writes one object per line with
+    # a "job" / "model" field (worker/logs.py).
+    log_format: Literal["text", "json"] = "text"
 
     # Celery. Queue names are settings so that tests (and tenants of one Redis) can isolate.
     queue_cpu: str = "cpu"
@@ -69,6 +76,16 @@ class Settings(BaseSettings):
     # A model still "validating" this long after its last validation started is re-sent (its task
     # was lost with a dead worker), within the same max_attempts.
     validation_stale_s: float = Field(1800.0, gt=0)
+    # A job (or a model's validation) still queued this long while nothing runs on its queue had
+    # its message lost (a broker restarted empty, a message consumed while the database was away):
+    # it is re-sent once, then failed with the reason.
+    queued_stale_s: float = Field(300.0, gt=0)
+    # An upload or artifact staging file untouched this long belongs to a process that died
+    # mid-transfer (an API restarted mid-upload): the sweeper removes it.
+    staging_stale_s: float = Field(3600.0, gt=0)
+    # How long a task keeps retrying (with backoff) when the database is away, before it gives up
+    # and leaves the job to the sweeper.
+    db_retry_s: float = Field(300.0, ge=0)
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> Settings:
@@ -94,6 +111,18 @@ class Settings(BaseSettings):
         if self.allow_pytorch_uploads is not None:
             return self.allow_pytorch_uploads
         return self.auth_disabled
+
+
+def as_environment(settings: Settings) -> dict[str, str]:
+    """This process's environment with SPA_* replaced by ``settings``: what makes a subprocess (a
+    worker, an API started by a test or a bench) see the same settings."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPA_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"SPA_{name.upper()}"] = str(value)
+    return env
 
 
 @lru_cache

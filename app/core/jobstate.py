@@ -5,6 +5,7 @@ sweeper, a redelivered message) can race without corrupting it.
     queued -> running -> succeeded | failed | cancelled
     queued -> cancelled              running -> cancelling -> cancelled
     running (heartbeat stale) -> queued (re-run, while attempts < max_attempts) | failed
+    queued (message lost: waited, its queue idle) -> queued (re-sent once) | failed
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def sweep_one(session: Session, job_id: str, *, stale_before: datetime, max_atte
             .where(
                 Job.id == job_id, Job.state == "running", Job.attempts < max_attempts, _stale(stale_before)
             )
-            .values(state="queued", stage=None, progress=0.0)
+            .values(state="queued", stage=None, progress=0.0, queued_at=utcnow())
         ).rowcount
         == 1
     )  # type: ignore[attr-defined]
@@ -220,3 +221,56 @@ def delete_unsent(session: Session, job_id: str) -> None:
     """The broker refused the message: remove the job (and its events) it will never run."""
     session.execute(sa.delete(JobEvent).where(JobEvent.job_id == job_id))
     session.execute(sa.delete(Job).where(Job.id == job_id, Job.state == "queued"))
+
+
+def busy_queues(stale_before: datetime) -> sa.Select[tuple[str]]:
+    """Queues where a job is running with a fresh heartbeat: their workers are busy."""
+    return sa.select(Job.queue).where(
+        Job.state.in_(("running", "cancelling")), Job.heartbeat_at >= stale_before
+    )
+
+
+def find_stale_queued(session: Session, cutoff: datetime) -> list[tuple[str, str]]:
+    """(id, queue) of jobs queued since before ``cutoff``: the sweeper checks that the broker still
+    holds their message."""
+    rows = session.execute(
+        sa.select(Job.id, Job.queue).where(
+            Job.state == "queued", sa.func.coalesce(Job.queued_at, Job.created_at) < cutoff
+        )
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+def resend_or_fail(session: Session, job_id: str, cutoff: datetime, *, may_fail: bool) -> str | None:
+    """A queued job whose message is gone: mark it re-sent the first time ('resent': the caller
+    sends the message after commit); when its re-sent message is gone too, fail it with the reason
+    ('failed', only with ``may_fail``: the broker was read, not guessed at). None when another
+    sweeper got there first, or nothing is to be done. Caller commits."""
+    stale = sa.and_(
+        Job.id == job_id, Job.state == "queued", sa.func.coalesce(Job.queued_at, Job.created_at) < cutoff
+    )
+    if session.execute(
+        sa.update(Job).where(stale, Job.resends < 1).values(resends=Job.resends + 1, queued_at=utcnow())
+    ).rowcount == 1:  # type: ignore[attr-defined]
+        add_event(session, job_id, "state", message="re-sent: the broker no longer held its message")
+        return "resent"
+    if not may_fail:
+        return None
+    error = (
+        "the job's message was lost twice before a worker took it (the broker restarted without "
+        "persistence?); submit it again"
+    )
+    if session.execute(
+        sa.update(Job).where(stale).values(state="failed", error_code="lost", error=error, finished_at=utcnow())
+    ).rowcount == 1:  # type: ignore[attr-defined]
+        add_event(session, job_id, "state", message=error)
+        return "failed"
+    return None
+
+
+def unmark_resend(session: Session, job_id: str) -> None:
+    """The re-send did not reach the broker: the next sweep tries again (caller commits)."""
+    session.execute(
+        sa.update(Job).where(Job.id == job_id, Job.state == "queued", Job.resends > 0)
+        .values(resends=Job.resends - 1)
+    )

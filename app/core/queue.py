@@ -79,3 +79,44 @@ def send_run_job(sender: Celery, job_id: str, queue: str) -> None:
 def send_validate_model(sender: Celery, model_id: str, queue: str) -> None:
     """Queue the validation of an uploaded model (the model row must be committed first)."""
     sender.send_task(TASK_VALIDATE_MODEL, args=[model_id], queue=queue)
+
+
+def broker_holds(sender: Celery, queue: str) -> str | None:
+    """Every message the broker holds for ``queue``, waiting or delivered but not yet acknowledged,
+    as one string to search for job ids (task arguments appear in the message headers); None when
+    this transport cannot be read (then the sweeper only re-sends, never fails). Raises when the
+    broker is unreachable.
+
+    The sweeper asks this to tell a job that waits its turn from one whose message is gone (a Redis
+    restarted without persistence, a message consumed while the database was away)."""
+    with sender.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1)
+        channel: Any = conn.default_channel
+        driver = conn.transport.driver_type
+        if driver == "redis":
+            prefix = getattr(channel, "global_keyprefix", "") or ""
+            client = channel.client
+            # Keys spelled out with their prefix: LRANGE and HVALS are not among the commands
+            # kombu's prefixing client rewrites.
+            raw = [
+                item
+                for pri in channel.priority_steps
+                for item in client.execute_command("LRANGE", prefix + channel._q_for_pri(queue, pri), 0, -1)
+            ]
+            raw += client.execute_command("HVALS", prefix + channel.unacked_key)
+            return "\n".join(r.decode(errors="replace") if isinstance(r, bytes) else str(r) for r in raw)
+        if driver == "sql":
+            session = channel.session
+            try:
+                rows = (
+                    session.query(channel.message_cls.payload)
+                    .join(channel.queue_cls, channel.message_cls.queue_id == channel.queue_cls.id)
+                    # Delivered messages stay behind invisible, acknowledged or not: only the
+                    # waiting ones say anything (one a worker holds unclaimed is re-sent, harmlessly).
+                    .filter(channel.queue_cls.name == queue, channel.message_cls.visible.is_(True))
+                    .all()
+                )
+            finally:
+                session.commit()  # end the read transaction: SQLite writers would wait on it
+            return "\n".join(str(r[0]) for r in rows)
+        return None

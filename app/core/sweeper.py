@@ -1,4 +1,5 @@
-"""Recovery of work whose worker died: running jobs with a stale heartbeat are re-queued once,
+"""Recovery of work whose worker died or whose message was lost: running jobs with a stale
+heartbeat are re-queued once, then failed; queued jobs that no free worker took are re-sent once,
 then failed; models stuck in "validating" get their validation re-sent.
 
 It runs in every worker *and* in the API process: when the last worker is SIGKILLed, nobody
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
 from celery import Celery
@@ -20,7 +23,8 @@ from app.core import jobstate
 from app.core.config import Settings
 from app.core.db.models import Job, Model, utcnow
 from app.core.db.session import session_scope
-from app.core.queue import send_run_job, send_validate_model
+from app.core.queue import broker_holds, send_run_job, send_validate_model
+from app.core.storage import make_store
 
 log = logging.getLogger("spa.sweeper")
 
@@ -44,25 +48,90 @@ def sweep_once(settings: Settings, sender: Celery) -> dict[str, str]:
             log.warning("job %s re-queued: its worker stopped responding", job_id)
         elif outcome == "failed":
             log.warning("job %s failed: its worker stopped responding again", job_id)
+    outcomes.update(_sweep_queued(settings, sender))
     outcomes.update(_sweep_validations(settings, sender))
+    outcomes.update(sweep_staging(make_store(settings).staging_dir, settings.staging_stale_s))
     return outcomes
 
 
+def sweep_staging(directory: Path, stale_s: float) -> dict[str, str]:
+    """Remove staging files nobody has written to for ``stale_s`` (their writer died mid-transfer:
+    a live upload touches its file with every chunk)."""
+    out: dict[str, str] = {}
+    cutoff = time.time() - stale_s
+    for path in directory.glob("*.part") if directory.is_dir() else ():
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                out[path.name] = "stale staging file removed"
+        except FileNotFoundError:  # finished or removed by another sweeper meanwhile
+            continue
+    return out
+
+
+def _sweep_queued(settings: Settings, sender: Celery) -> dict[str, str]:
+    """Queued jobs whose message the broker no longer holds are re-sent once, then failed. Where
+    the broker cannot be read, a job that waited while its queue was idle is re-sent once (a
+    duplicate message is harmless: ``jobstate.claim`` runs a job once) and never failed."""
+    cutoff = utcnow() - timedelta(seconds=settings.queued_stale_s)
+    with session_scope(settings.database_url) as session:
+        stale = jobstate.find_stale_queued(session, cutoff)
+        busy = set(session.execute(jobstate.busy_queues(jobstate.stale_cutoff(settings.heartbeat_stale_s))).scalars())
+    out: dict[str, str] = {}
+    held: dict[str, str | None] = {}
+    for job_id, queue in stale:
+        if queue not in held:
+            held[queue] = broker_holds(sender, queue)  # raises while the broker is away: next round
+        in_broker = held[queue]
+        if in_broker is not None and job_id in in_broker:
+            continue  # waiting its turn
+        if in_broker is None and queue in busy:
+            continue  # cannot tell; its queue is busy, so it may well be waiting its turn
+        with session_scope(settings.database_url) as session:
+            outcome = jobstate.resend_or_fail(session, job_id, cutoff, may_fail=in_broker is not None)
+        if outcome == "resent":
+            try:
+                send_run_job(sender, job_id, queue)
+            except Exception:  # the broker went away: count nothing, the next sweep tries again
+                with session_scope(settings.database_url) as session:
+                    jobstate.unmark_resend(session, job_id)
+                raise
+            log.warning("job %s re-sent: the broker no longer held its message", job_id)
+        elif outcome == "failed":
+            log.warning("job %s failed: its message was lost again", job_id)
+        if outcome:
+            out[job_id] = outcome
+    return out
+
+
 def _sweep_validations(settings: Settings, sender: Celery) -> dict[str, str]:
-    """Re-send the validation of models stuck in 'validating' (their task died with a worker)."""
-    cutoff = utcnow() - timedelta(seconds=settings.validation_stale_s)
+    """Re-send the validation of models stuck in 'validating': their task died with a worker
+    (``validation_stale_s`` after it started), or it never started and the broker no longer holds
+    its message (``queued_stale_s``; waiting the long timeout would leave an upload "validating"
+    for half an hour). The attempts limit of ``worker.tasks`` ends a model that keeps failing."""
+    now = utcnow()
+    dead = sa.and_(Model.state == "validating", Model.updated_at < now - timedelta(seconds=settings.validation_stale_s))
+    unstarted = sa.and_(
+        Model.state == "validating", Model.attempts == 0,
+        Model.updated_at < now - timedelta(seconds=settings.queued_stale_s),
+    )  # fmt: skip
+    with session_scope(settings.database_url) as session:
+        candidates = list(session.execute(sa.select(Model.id).where(unstarted)).scalars())
+        busy = set(session.execute(jobstate.busy_queues(jobstate.stale_cutoff(settings.heartbeat_stale_s))).scalars())
+    lost: list[str] = []
+    if candidates:
+        held = broker_holds(sender, settings.queue_cpu)
+        if held is not None:
+            lost = [m for m in candidates if m not in held]
+        elif settings.queue_cpu not in busy:  # cannot read the broker: an idle queue would have run it
+            lost = candidates
     out: dict[str, str] = {}
     with session_scope(settings.database_url) as session:
-        ids = list(
-            session.execute(
-                sa.select(Model.id).where(Model.state == "validating", Model.updated_at < cutoff)
-            ).scalars()
-        )
+        stale = sa.or_(dead, sa.and_(unstarted, Model.id.in_(lost)))
+        ids = list(session.execute(sa.select(Model.id).where(stale)).scalars())
         for model_id in ids:  # touch first, so that parallel sweepers do not all re-send
             touched = session.execute(
-                sa.update(Model)
-                .where(Model.id == model_id, Model.state == "validating", Model.updated_at < cutoff)
-                .values(updated_at=utcnow())
+                sa.update(Model).where(Model.id == model_id, stale).values(updated_at=utcnow())
             ).rowcount  # type: ignore[attr-defined]
             if touched == 1:
                 out[model_id] = "validation re-sent"

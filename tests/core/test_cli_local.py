@@ -77,3 +77,28 @@ def test_cuda_device_without_a_gpu_is_refused(mixnet_onnx: Path, tmp_path: Path)
     with pytest.raises(SpecError, match="no CUDA GPU"):
         api.prune(mixnet_onnx, {"target": {"flops": 0.3}, "device": "cuda"}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("members,msg", [
+    ({"../evil.onnx": b"\x08\x07"}, "unsafe path"),
+    ({"/abs/model.onnx": b"\x08\x07"}, "unsafe path"),
+    ({"model.onnx": bytes(8 * 1024 * 1024)}, "compression ratio"),
+], ids=["dotdot", "absolute", "bomb"])
+def test_cli_zip_extraction_has_the_service_limits(
+    tmp_path: Path, capsys: pytest.CaptureFixture, members: dict[str, bytes], msg: str
+) -> None:
+    """The CLI unpacks a user's zip with the API's limits (frontends.zipsafe): paths stay inside the
+    target, bombs are refused; one sentence, exit 2, nothing written anywhere."""
+    import zipfile
+
+    from tests.bombs import zip_bytes
+
+    archive = tmp_path / "m.zip"
+    archive.write_bytes(zip_bytes(members, zipfile.ZIP_DEFLATED))
+    out = tmp_path / "sub" / "o.onnx"
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(["prune", str(archive), "-o", str(out), "--flops", "0.5"]))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not (tmp_path / "evil.onnx").exists() and not Path("/abs/model.onnx").exists()

@@ -47,12 +47,9 @@ FAST = {
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The SPA_* environment that makes a subprocess see the same settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPA_")}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"SPA_{name.upper()}"] = str(value)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
+    from app.core.config import as_environment
+
+    return {**as_environment(settings), "PYTHONPATH": str(ROOT)}
 
 
 @dataclass

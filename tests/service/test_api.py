@@ -39,6 +39,12 @@ def stored_blobs(settings: Settings) -> list[Path]:
     )
 
 
+def onnx_like(path: Path) -> Path:
+    """Fresh bytes that pass the API's whole ONNX check (they start like a ModelProto)."""
+    path.write_bytes(b"\x08\x07" + os.urandom(64))
+    return path
+
+
 def model_id(api: Any, auth: dict[str, str], path: Path) -> str:
     r = upload(api, auth, path)
     assert r.status_code in (200, 201), r.text
@@ -379,9 +385,49 @@ def test_health_and_metrics(api: Any, auth: dict[str, str]) -> None:
         "storage": "ok",
     }
     api.get("/v1/jobs", headers=auth)
-    text = api.get("/metrics").text
+    # Operator information: behind a key when auth is on (SPA_METRICS_PUBLIC opens it).
+    assert problem(api.get("/metrics"), 401)
+    assert problem(api.get("/metrics", headers={"Authorization": "Bearer nope"}), 401)
+    text = api.get("/metrics", headers=auth).text
     assert 'spa_http_requests_total{method="GET",route="/v1/jobs",status="200"}' in text
     assert 'spa_jobs{state="queued"}' in text
+
+
+def test_metrics_from_the_database(private_settings: Settings, new_key: Any) -> None:
+    """Failures by code, live workers per queue, queue wait and run time of recent jobs, and the
+    process's own figures, read at scrape time."""
+    from datetime import timedelta
+
+    from app.core import workers
+    from app.core.db.models import utcnow
+
+    now = utcnow()
+    with session_scope(private_settings.database_url) as s:
+        m = Model(owner_id="o", sha256="ab" * 32, size=1, filename="m.onnx", format="onnx", state="ready")
+        s.add(m)
+        s.flush()
+        for state, code, wait, run in (("succeeded", None, 3, 20), ("failed", "time_limit", 100, 7000),
+                                       ("failed", "time_limit", 2, 1), ("running", None, 40, None)):
+            s.add(Job(owner_id="o", model_id=m.id, spec={}, request_hash="h", queue=private_settings.queue_cpu,
+                      state=state, error_code=code, created_at=now - timedelta(seconds=wait + (run or 0)),
+                      started_at=now - timedelta(seconds=run or 0),
+                      finished_at=now if run is not None else None))  # fmt: skip
+        workers.beat(s, "w1", [private_settings.queue_cpu])
+    with make_client(private_settings.model_copy(update={"metrics_public": True})) as client:
+        text = client.get("/metrics").text
+    assert 'spa_job_failures{code="time_limit"} 2.0' in text
+    assert f'spa_workers_alive{{queue="{private_settings.queue_cpu}"}} 1.0' in text
+    assert f'spa_workers_alive{{queue="{private_settings.queue_gpu}"}} 0.0' in text
+    assert 'spa_job_queue_wait_seconds_bucket{le="5"} 2.0' in text  # waits 3 and 2 s
+    assert 'spa_job_queue_wait_seconds_gcount 4.0' in text
+    assert 'spa_job_run_seconds_bucket{le="60"} 2.0' in text and 'spa_job_run_seconds_gcount 3.0' in text
+    assert "process_resident_memory_bytes" in text
+
+
+def test_metrics_public_when_the_operator_says_so(settings: Settings) -> None:
+    with make_client(settings.model_copy(update={"metrics_public": True})) as client:
+        r = client.get("/metrics")
+    assert r.status_code == 200 and "spa_http_requests_total" in r.text
 
 
 def test_dashboard_page(api: Any) -> None:
@@ -402,15 +448,33 @@ def test_pytorch_uploads_can_be_refused(backend: Any, auth: dict[str, str]) -> N
         assert (counts(settings), stored_blobs(settings)) == before
 
 
-@pytest.mark.parametrize("raw", ["2024-01-01T00:00:00|' OR 1=1 --", "9999-12-31T23:59:59|zz", "2024-01-01|x",
-                                 "not a time|x", "2024-01-01T00:00:00+00:00|" + "x" * 200])
-def test_crafted_cursors_are_422_not_500(api: Any, auth: dict[str, str], raw: str) -> None:
-    """A cursor that decodes, but to a timestamp without a time zone or an id no row can have."""
-    import base64
-
-    cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+@pytest.mark.parametrize("cursor", [
+    "MjAyNC0wMS0wMVQwMDowMDowMHwnIE9SIDE9MSAtLQ",  # the old base64 form ("2024-01-01T00:00:00|' OR 1=1 --")
+    "1-" + "F" * 32, "1-" + "f" * 31, "1" * 19 + "-" + "f" * 32, "-1-" + "f" * 32, "1.5-" + "f" * 32,
+    "1-" + "f" * 31 + "\x00", "%%%", "",
+])
+def test_malformed_cursors_are_422(api: Any, auth: dict[str, str], cursor: str) -> None:
     for route in ("/v1/jobs", "/v1/models", "/v1/datasets"):
         assert problem(api.get(route, headers=auth, params={"cursor": cursor}), 422)["detail"]
+
+
+def test_every_cursor_the_document_allows_is_a_page(api: Any, new_key: Any, tmp_path: Path) -> None:
+    """The document's cursor pattern is the whole contract: any string it admits is a position
+    (earlier, a 200-digit "0..." passed the document's max_length and was refused)."""
+    auth = new_key("cursors")
+    made = [model_id(api, auth, onnx_like(tmp_path / f"m{i}.onnx")) for i in range(3)]
+    for route, ids in (("/v1/models", made), ("/v1/jobs", []), ("/v1/datasets", [])):
+        for cursor, expect in (
+            ("0-" + "0" * 32, []),  # before 1970: nothing is older
+            ("9" * 18 + "-" + "f" * 32, list(reversed(ids))),  # past year 9999: everything is older
+        ):
+            r = api.get(route, headers=auth, params={"cursor": cursor})
+            assert r.status_code == 200, r.text
+            assert [m["id"] for m in r.json()["items"]] == expect
+    # a cursor the API wrote is its own position: the next page starts right after it
+    first = api.get("/v1/models", headers=auth, params={"limit": 1}).json()
+    rest = api.get("/v1/models", headers=auth, params={"cursor": first["next_cursor"]}).json()
+    assert [m["id"] for m in first["items"] + rest["items"]] == list(reversed(made))
 
 
 @pytest.mark.parametrize("after", ["100000000000000000000", str(2**63), "-1", "1e3"])
@@ -435,3 +499,33 @@ def test_empty_dataset_id_is_422_and_no_job(api: Any, auth: dict[str, str], zoo:
         body["spec"] = {**SPEC, "calibration": {key: ""}}
     problem(api.post("/v1/jobs", headers=auth, json=body), 422)
     assert counts(settings) == before
+
+
+def test_nul_in_ids_names_and_keys_is_4xx_not_500(
+    api: Any, auth: dict[str, str], tmp_path: Path, settings: Settings
+) -> None:
+    """PostgreSQL refuses a NUL in a text parameter: an id, a file name or an Idempotency-Key with
+    one was a 500 there. An id that cannot be one is not found; the others are refused as malformed."""
+    mid = model_id(api, auth, onnx_like(tmp_path / "m.onnx"))
+    before = counts(settings), stored_blobs(settings)
+    nul = "f" * 31 + "\x00"
+    problem(api.post("/v1/jobs", headers=auth, json={"model_id": nul, "spec": SPEC}), 404)
+    problem(api.post("/v1/jobs", headers=auth, json={"model_id": mid, "dataset_id": nul, "spec": SPEC}), 404)
+    spec = {**SPEC, "calibration": {"dataset_id": nul}}
+    problem(api.post("/v1/jobs", headers=auth, json={"model_id": mid, "spec": spec}), 404)
+    spec = {**SPEC, "calibration": {"eval_dataset_id": nul}}
+    body = problem(api.post("/v1/jobs", headers=auth, json={"model_id": mid, "spec": spec}), 422)
+    assert "does not exist" in body["detail"]
+    key = {**auth, "Idempotency-Key": "k\x00"}
+    problem(api.post("/v1/jobs", headers=key, json={"model_id": mid, "spec": SPEC}), 422)
+    buf = io.BytesIO()
+    np.savez(buf, input=np.zeros((2, 1, 16, 16), np.float32))
+    form = {"model_id": nul}
+    problem(api.post("/v1/datasets", headers=auth, data=form, files={"file": ("d.npz", buf.getvalue())}), 404)
+    for url, name, data in (("/v1/models", "m\x00.onnx", b"\x08\x07" + os.urandom(64)),
+                            ("/v1/datasets", "d\x00.npz", buf.getvalue())):  # fmt: skip
+        body = (b'--B\r\nContent-Disposition: form-data; name="file"; filename="' + name.encode()
+                + b'"\r\n\r\n' + data + b"\r\n--B--\r\n")  # fmt: skip
+        headers = {**auth, "Content-Type": "multipart/form-data; boundary=B"}
+        assert "file name" in problem(api.post(url, headers=headers, content=body), 400)["detail"]
+    assert (counts(settings), stored_blobs(settings)) == before

@@ -5,20 +5,22 @@ own: a live worker's sweeper would otherwise recover the jobs these tests age on
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
+from pathlib import Path
 
 from app.core import jobstate
 from app.core.config import Settings
-from app.core.db.models import Job, Model, utcnow
+from app.core.db.models import Job, JobEvent, Model, utcnow
 from app.core.db.session import session_scope
 
 
-def _job(settings: Settings) -> str:
+def _job(settings: Settings, queue: str = "q") -> str:
     with session_scope(settings.database_url) as s:
         m = Model(owner_id="o", sha256=os.urandom(32).hex(), size=1, filename="m.onnx", format="onnx")
         s.add(m)
         s.flush()
-        j = Job(owner_id="o", model_id=m.id, spec={}, request_hash="h", queue="q")
+        j = Job(owner_id="o", model_id=m.id, spec={}, request_hash="h", queue=queue)
         s.add(j)
         s.flush()
         return j.id
@@ -122,3 +124,55 @@ def test_api_process_recovers_a_dead_workers_job(private_settings: Settings) -> 
     with session_scope(settings.database_url) as s:
         msgs = [e.message for e in s.query(JobEvent).filter(JobEvent.job_id == job_id)]
     assert any("re-queued" in (m or "") for m in msgs)
+
+
+def _age_queued(settings: Settings, job_id: str, seconds: float) -> None:
+    with session_scope(settings.database_url) as s:
+        s.get(Job, job_id).queued_at = utcnow() - timedelta(seconds=seconds)  # type: ignore[union-attr]
+
+
+def test_lost_queued_job_resent_once_then_failed(private_settings: Settings) -> None:
+    """A queued job whose message the broker no longer holds (a Redis restarted empty) is re-sent
+    once by the sweep, and failed with the reason when the re-sent message is lost too; a job whose
+    message waits in the broker is left alone, however long it waits."""
+    from app.core.queue import make_celery, send_run_job
+    from app.core.sweeper import sweep_once
+
+    settings = private_settings.model_copy(update={"queued_stale_s": 5.0})
+    queue = f"{settings.queue_cpu}-lost"
+    sender = make_celery(settings)
+    db = settings.database_url
+    waiting, lost = _job(settings, queue), _job(settings, queue)
+    send_run_job(sender, waiting, queue)  # only `waiting` has its message in the broker
+    _age_queued(settings, waiting, 60)
+    _age_queued(settings, lost, 60)
+
+    out = sweep_once(settings, sender)
+    assert waiting not in out and out[lost] == "resent"
+    job = _get(settings, lost)
+    assert job.state == "queued" and job.resends == 1
+    assert job.queued_at is not None and job.queued_at > utcnow() - timedelta(seconds=5)
+    _age_queued(settings, lost, 60)
+    assert lost not in sweep_once(settings, sender)  # its re-sent message is in the broker now
+
+    with sender.connection_for_write() as conn:  # and is lost again
+        conn.default_channel.queue_purge(queue)
+    out = sweep_once(settings, sender)
+    assert out[lost] == "failed" and out[waiting] == "resent"
+    job = _get(settings, lost)
+    assert job.state == "failed" and job.error_code == "lost" and "submit it again" in (job.error or "")
+    with session_scope(db) as s:
+        messages = [e.message for e in s.query(JobEvent).filter_by(job_id=lost).order_by(JobEvent.seq)]
+    assert any("re-sent" in (m or "") for m in messages) and "submit it again" in (messages[-1] or "")
+
+
+def test_sweep_removes_only_abandoned_staging_files(tmp_path: Path) -> None:
+    from app.core.sweeper import sweep_staging
+
+    old, live = tmp_path / "upload-a.part", tmp_path / "upload-b.part"
+    old.write_bytes(b"x")
+    live.write_bytes(b"y")
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    assert sweep_staging(tmp_path, 60) == {old.name: "stale staging file removed"}
+    assert not old.exists() and live.exists()
+    assert sweep_staging(tmp_path / "absent", 60) == {}

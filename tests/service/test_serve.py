@@ -58,6 +58,9 @@ def test_spa_serve_round_trip(tmp_path: Path, zoo: dict[str, Path]) -> None:
             paths = client.download(job["id"], tmp_path / "out")
         assert {p.name for p in paths} >= {"pruned.onnx", "report.json"}
         assert (data / "spa.db").exists() and (data / "broker.db").exists() and (data / "blobs").is_dir()
+        access = (data / "access.log").read_text()  # one line per request, the terminal kept quiet
+        assert '"POST /v1/jobs HTTP/1.1" 202' in access and f"GET /v1/jobs/{job['id']} HTTP/1.1\" 200" in access
+        assert "GET /v1/jobs/" not in log.read_text()
         workers = _children(proc.pid)
         assert workers, "no worker process beside the API"
     finally:

@@ -319,3 +319,37 @@ def test_pool_child_killed_like_oom_job_is_rerun(
         final = wait_job(api, auth, job["id"], 120)
     assert worker.proc.poll() is None  # the worker itself survived and forked a new child
     assert final["state"] == "succeeded" and final["attempts"] == 2, final
+
+
+def test_worker_log_names_the_job_and_how_it_ended(
+    live: Any, live_worker: tuple[Settings, WorkerProc], auth: dict[str, str], zoo: dict[str, Path]
+) -> None:
+    """Every line a task logs names its job or model, and one line says how the job ended (Celery's
+    own line says "succeeded" for any task that returned, failed jobs included)."""
+    _, worker = live_worker
+    model = ready_model(live, auth, zoo["tiny"])
+    job = live.post("/v1/jobs", headers=auth, json={"model_id": model["id"], "spec": SPEC}).json()
+    final = wait_job(live, auth, job["id"])
+    assert final["state"] == "succeeded"
+    line = f"[job {job['id']}] job ended: succeeded"
+    wait_for(lambda: line in worker.log.read_text(errors="replace"), 10, what="the job's last log line")
+    text = worker.log.read_text(errors="replace")
+    assert f"[model {model['id']}] validation ended: ready" in text
+
+
+def test_json_log_lines_carry_the_subject() -> None:
+    import json
+    import logging
+
+    from worker import logs
+
+    handler = logging.StreamHandler(io.StringIO())
+    logger = logging.getLogger("spa.test.jsonlog")
+    logger.addHandler(handler)
+    logs.install(logger, "json")
+    with logs.about("job abc123"):
+        logger.warning("stage %s", "verify")
+    logger.warning("outside")
+    first, second = (json.loads(line) for line in handler.stream.getvalue().splitlines())
+    assert first["job"] == "abc123" and first["message"] == "stage verify" and first["level"] == "WARNING"
+    assert "job" not in second and second["message"] == "outside"

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StoreDep
 from app.api.errors import ProblemError, not_found, problems
 from app.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, paginate
+from app.api.routes import ID_PATTERN, AllowRoute, find_owned
 from app.api.schemas import DatasetOut, Page
 from app.api.uploads import Upload, commit_new, find_or_publish, multipart_openapi, receive_upload
 from app.core.config import Settings
@@ -19,8 +20,7 @@ from app.core.db.models import Dataset, Model
 from app.core.npz import BadNpz, check_names, read_npz_header
 from app.core.storage import BlobStore
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-ID_PATTERN = r"^[0-9a-f]{32}$"
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=AllowRoute)
 
 
 @router.post(
@@ -59,8 +59,8 @@ def _register_dataset(
                 upload.staged.path, max_unpacked=settings.max_unpacked_bytes, max_ratio=settings.max_zip_ratio
             )
             if model_id := upload.fields.get("model_id"):
-                model = session.get(Model, model_id)
-                if model is None or model.owner_id != owner:
+                model = find_owned(session, Model, model_id, owner)
+                if model is None:
                     raise not_found("model")
                 check_names(arrays, model.summary)
         except BadNpz as e:
@@ -100,7 +100,7 @@ def list_datasets(
 def get_dataset(
     session: SessionDep, owner: OwnerDep, dataset_id: Annotated[str, Path(pattern=ID_PATTERN)]
 ) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.owner_id != owner:
+    dataset = find_owned(session, Dataset, dataset_id, owner)
+    if dataset is None:
         raise not_found("dataset")
     return dataset

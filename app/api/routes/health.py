@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.deps import SessionDep, SettingsDep, bearer_scheme, get_owner
 from app.api.errors import PROBLEM_MEDIA_TYPE, problems
+from app.api.routes import AllowRoute
 from app.core import workers
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=AllowRoute)
 
 
 @router.get("/livez", summary="Liveness: the process answers")
@@ -25,7 +28,7 @@ def _check(fn: Any) -> str:
         fn()
         return "ok"
     except Exception as e:
-        return f"error: {type(e).__name__}: {str(e)[:200]}"
+        return f"error: {' '.join(str(e).split())[:200] or 'unavailable'}"
 
 
 @router.get(
@@ -74,11 +77,22 @@ def _queues(state: Any) -> dict[str, dict[str, Any]] | None:
     return {q: {"workers": n, "consumed": n > 0} for q, n in live.items()}
 
 
+def _metrics_access(
+    request: Request, settings: SettingsDep, session: SessionDep,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
+) -> None:
+    """Job counts and traffic are operator information: behind an API key when auth is on, unless
+    the operator serves /metrics on a private network (SPA_METRICS_PUBLIC)."""
+    if not settings.metrics_public:
+        get_owner(request, settings, session)
+
+
 @router.get(
     "/metrics",
-    summary="Prometheus metrics",
+    summary="Prometheus metrics (an API key when auth is on, unless SPA_METRICS_PUBLIC)",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}},
+    responses={200: {"content": {"text/plain": {}}}, **problems(401, 403)},
+    dependencies=[Depends(_metrics_access)],
 )
 def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

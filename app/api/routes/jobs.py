@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 from app.api.deps import OwnerDep, SenderDep, SessionDep, SettingsDep, StoreDep
 from app.api.errors import ProblemError, not_found, problems
 from app.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, paginate
+from app.api.routes import ID_PATTERN, AllowRoute, find_owned
 from app.api.schemas import CancelOut, EventList, EventOut, JobCreate, JobOut, Page
 from app.core import jobstate, workers
 from app.core.db.models import Dataset, Job, JobEvent, Model
@@ -26,11 +28,13 @@ from app.core.queue import send_run_job
 from pruning_core.errors import DataError
 from pruning_core.runtime.holdout import holdout_count
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-ID_PATTERN = r"^[0-9a-f]{32}$"
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=AllowRoute)
 # job_events.seq is a 32-bit INTEGER column: a bigger "after" would be a database error, not an answer
 MAX_SEQ = 2**31 - 1
 ARTIFACT_PATTERN = r"^[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,99}$"
+# An artifact's media type by its suffix; the document lists each of them for the 200.
+ARTIFACT_MEDIA = {".json": "application/json", ".html": "text/html"}
+ARTIFACT_DEFAULT_MEDIA = "application/octet-stream"
 JobIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="job id (32 hex digits)")]
 
 
@@ -45,8 +49,8 @@ def job_out(job: Job) -> JobOut:
 
 
 def _owned_job(session: SessionDep, owner: str, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.owner_id != owner:
+    job = find_owned(session, Job, job_id, owner)
+    if job is None:
         raise not_found("job")
     return job
 
@@ -75,8 +79,9 @@ def _replay(job: Job, request_hash: str, response: Response) -> JobOut:
     summary="Submit a pruning job",
     description="Answers 202 with `Location`. With an `Idempotency-Key` header, the same key and the "
     "same body give the same job again; the same key with another body is a 422. A body larger than "
-    "`SPA_MAX_SPEC_BYTES` (plus a little for `model_id`) is a 413.",
-    responses=problems(401, 403, 404, 413, 422, 503),
+    "`SPA_MAX_SPEC_BYTES` (plus a little for `model_id`) is a 413; one that is not UTF-8 text is a 400, "
+    "malformed JSON a 422.",
+    responses=problems(400, 401, 403, 404, 413, 422, 503),
 )
 def create_job(
     body: JobCreate,
@@ -85,7 +90,9 @@ def create_job(
     session: SessionDep,
     sender: SenderDep,
     owner: OwnerDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    # printable ASCII, as the Idempotency-Key draft says (a structured-field string): a NUL was a
+    # 500 on PostgreSQL, and a key is matched byte for byte
+    idempotency_key: Annotated[str | None, Header(max_length=255, pattern=r"^[\x20-\x7e]*$")] = None,
 ) -> JobOut:
     spec = body.spec.model_dump(mode="json")
     dataset_id = body.dataset_id or body.spec.calibration.dataset_id
@@ -99,15 +106,15 @@ def create_job(
         if prior is not None:
             return _replay(prior, request_hash, response)
 
-    model = session.get(Model, body.model_id)
-    if model is None or model.owner_id != owner:
+    model = find_owned(session, Model, body.model_id, owner)
+    if model is None:
         raise not_found("model")
     if model.state == "invalid":
         raise ProblemError(422, f"the model is invalid: {model.reason}", title="Invalid model")
     dataset = None
     if dataset_id:
-        dataset = session.get(Dataset, dataset_id)
-        if dataset is None or dataset.owner_id != owner:
+        dataset = find_owned(session, Dataset, dataset_id, owner)
+        if dataset is None:
             raise not_found("dataset")
         try:  # now if the model is analysed; else the worker
             check_names(dataset.arrays, model.summary, body.spec.input_shapes)
@@ -163,8 +170,8 @@ def _check_evaluation(
     so an unknown id is a 422, not a 404), or a split that leaves calibration samples."""
     cal = body.spec.calibration
     if cal.eval_dataset_id:
-        ev = session.get(Dataset, cal.eval_dataset_id)
-        if ev is None or ev.owner_id != owner:
+        ev = find_owned(session, Dataset, cal.eval_dataset_id, owner)
+        if ev is None:
             raise ProblemError(
                 422, f"the eval dataset {cal.eval_dataset_id!r} does not exist", title="Invalid dataset"
             )
@@ -258,7 +265,10 @@ def cancel_job(session: SessionDep, owner: OwnerDep, job_id: JobIdPath, response
     summary="Download an artifact (pruned.onnx, report.json, ...)",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "the artifact's bytes"},
+        200: {
+            "content": {media: {} for media in (ARTIFACT_DEFAULT_MEDIA, *ARTIFACT_MEDIA.values())},
+            "description": "the artifact's bytes: JSON for .json, HTML for .html, else octet-stream",
+        },
         **problems(401, 403, 404, 422),
     },
 )
@@ -273,13 +283,7 @@ def download_artifact(
     art = (job.artifacts or {}).get(name)
     if art is None:
         raise not_found("artifact")
-    media = (
-        "application/json"
-        if name.endswith(".json")
-        else "text/html"
-        if name.endswith(".html")
-        else "application/octet-stream"
-    )
+    media = ARTIFACT_MEDIA.get(PurePosixPath(name).suffix, ARTIFACT_DEFAULT_MEDIA)
     return StreamingResponse(
         store.iter_bytes(art["sha256"]),
         media_type=media,

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import OwnerDep, SenderDep, SessionDep, SettingsDep, StoreDep
 from app.api.errors import ProblemError, not_found, problems
 from app.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, paginate
+from app.api.routes import ID_PATTERN, AllowRoute, find_owned
 from app.api.schemas import GroupsOut, ModelOut, Page
 from app.api.uploads import Upload, commit_new, find_or_publish, multipart_openapi, receive_upload
 from app.core.blobs import release_if_unused
@@ -27,8 +28,7 @@ from app.core.queue import send_validate_model
 from app.core.storage import BlobStore, StagedFile
 from pruning_core.frontends.zipsafe import UnsafeZip, check_zip
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
-ID_PATTERN = r"^[0-9a-f]{32}$"
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=AllowRoute)
 FORMATS = {".onnx": "onnx", ".zip": "zip", ".pt2": "pt2"}
 # An ONNX file is a serialized ModelProto: its first byte is the tag of one of its fields
 # (ir_version=1 .. opset_import=8, metadata_props=14, training_info=20, functions=25). A text file,
@@ -155,8 +155,8 @@ def list_models(
 
 
 def get_owned_model(session: SessionDep, owner: str, model_id: str) -> Model:
-    model = session.get(Model, model_id)
-    if model is None or model.owner_id != owner:
+    model = find_owned(session, Model, model_id, owner)
+    if model is None:
         raise not_found("model")
     return model
 

@@ -73,7 +73,7 @@ class Model(Base):
     state: Mapped[str] = mapped_column(sa.String(16), default="validating")
     reason: Mapped[str | None] = mapped_column(sa.Text, default=None)
     summary: Mapped[dict[str, Any] | None] = mapped_column(default=None)
-    groups: Mapped[list[Any] | None] = mapped_column(default=None)
+    groups: Mapped[list[Any] | None] = mapped_column(default=None, deferred=True)  # only its own route reads it
     # Validation runs started: a model that kills its worker is declared invalid, not retried forever.
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -116,7 +116,9 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(sa.Text, default=None)
     error_code: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     summary: Mapped[dict[str, Any] | None] = mapped_column(default=None)
-    report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # The full report (per layer and group: megabytes for a big model) is read by no API route
+    # (report.json is an artifact): never loaded with the row, which every poll reads.
+    report: Mapped[dict[str, Any] | None] = mapped_column(default=None, deferred=True)
     artifacts: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # name -> {sha256, size}
     worker: Mapped[str | None] = mapped_column(sa.String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -124,6 +126,11 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     next_seq: Mapped[int] = mapped_column(sa.Integer, default=1)  # next event number
+    # When the job last became "queued" (submit, or a re-queue), and how often its message was
+    # re-sent because it looked lost (a broker restarted empty, a message consumed while the
+    # database was away): app.core.sweeper re-sends once, then fails the job with the reason.
+    queued_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+    resends: Mapped[int] = mapped_column(sa.Integer, default=0)
 
 
 class JobEvent(Base):

@@ -13,12 +13,18 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The database away (restarting, unreachable, locked past the timeout): an outage to wait out, not
+# a bug. The API answers 503 for these, the worker retries (worker.tasks.with_db).
+DB_AWAY: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
 
 
 def make_engine(url: str) -> sa.Engine:
     kwargs: dict[str, Any] = {}
     if not url.startswith("sqlite"):
         kwargs["pool_pre_ping"] = True  # server connections go stale (restarts, idle timeouts); files do not
+        # Enough kept connections for an API process's concurrent requests (the default 5 made a
+        # loaded API open and close new connections all the time, bench/api_load.py).
+        kwargs["pool_size"], kwargs["max_overflow"] = 20, 20
     else:
         db_path = sa.make_url(url).database
         if db_path and db_path != ":memory:":

@@ -114,7 +114,7 @@ def test_01_gated_model_equals_pruned_model(mixnet_onnx: Path) -> None:
 def test_01_gated_accuracy_equals_pruned_accuracy_and_beats_l1_on_digits(tmp_path: Path) -> None:
     path, xtr, ytr, xte, yte = digits_model()
     spec = {"measure": False, "target": {"flops": 0.6}, "criterion": "autobot", "input_shapes": {"x": [32, 1, 8, 8]},
-            "autobot": {"steps": 30, "batch_size": 32}}
+            "autobot": {"steps": 60, "batch_size": 32}}  # 30 steps tied l1 exactly on one set of wheels
     np.savez(tmp_path / "calib.npz", x=xtr[:256], labels=ytr[:256])
     r = api.prune(path, spec, tmp_path / "ab", data=tmp_path / "calib.npz")
     pruned_acc = accuracy(r.artifacts["pruned.onnx"], xte, yte)
