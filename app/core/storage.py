@@ -78,7 +78,9 @@ class BlobStore(Protocol):
     def fetch(self, sha256: str, dest: Path) -> None:
         """Copy the blob to a local path (the worker needs a real file)."""
 
-    def iter_bytes(self, sha256: str) -> Iterator[bytes]: ...
+    def iter_bytes(self, sha256: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """The blob's bytes, or ``length`` of them from ``start`` (an HTTP Range)."""
+        ...
 
     def delete(self, sha256: str) -> None: ...
 
@@ -123,9 +125,13 @@ class LocalStore(BlobStore):
                 while chunk := fi.read(CHUNK):
                     fo.write(chunk)
 
-    def iter_bytes(self, sha256: str) -> Iterator[bytes]:
+    def iter_bytes(self, sha256: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+        left = length
         with self._path(sha256).open("rb") as fh:
-            while chunk := fh.read(CHUNK):
+            fh.seek(start)
+            while (left is None or left > 0) and (chunk := fh.read(CHUNK if left is None else min(CHUNK, left))):
+                if left is not None:
+                    left -= len(chunk)
                 yield chunk
 
     def delete(self, sha256: str) -> None:
@@ -188,8 +194,11 @@ class S3Store(BlobStore):
         dest.parent.mkdir(parents=True, exist_ok=True)
         self.client.download_file(self.bucket, self._key(sha256), str(dest))
 
-    def iter_bytes(self, sha256: str) -> Iterator[bytes]:
-        body = self.client.get_object(Bucket=self.bucket, Key=self._key(sha256))["Body"]
+    def iter_bytes(self, sha256: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+        ranged = {} if start == 0 and length is None else {
+            "Range": f"bytes={start}-{'' if length is None else start + length - 1}"
+        }  # fmt: skip
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(sha256), **ranged)["Body"]
         try:
             yield from body.iter_chunks(CHUNK)
         finally:

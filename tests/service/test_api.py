@@ -529,3 +529,48 @@ def test_nul_in_ids_names_and_keys_is_4xx_not_500(
         headers = {**auth, "Content-Type": "multipart/form-data; boundary=B"}
         assert "file name" in problem(api.post(url, headers=headers, content=body), 400)["detail"]
     assert (counts(settings), stored_blobs(settings)) == before
+
+
+def test_artifact_head_etag_and_range(
+    api: Any, auth: dict[str, str], zoo: dict[str, Path], settings: Settings, tmp_path: Path
+) -> None:
+    """Artifacts answer HEAD, If-None-Match (304) and one byte Range (206, 416 outside), as download
+    managers and caches expect; the bytes are the stored ones (written here as a worker would)."""
+    import hashlib
+
+    from app.core.storage import make_store
+
+    mid = model_id(api, auth, zoo["tiny"])
+    job = api.post("/v1/jobs", headers=auth, json={"model_id": mid, "spec": SPEC}).json()
+    data = os.urandom(300_000)
+    sha = hashlib.sha256(data).hexdigest()
+    (tmp_path / "a").write_bytes(data)
+    make_store(settings).put_file(tmp_path / "a", sha)
+    with session_scope(settings.database_url) as s:
+        s.execute(sa.update(Job).where(Job.id == job["id"]).values(
+            state="succeeded", artifacts={"pruned.onnx": {"sha256": sha, "size": len(data)}}))  # fmt: skip
+    url = f"/v1/jobs/{job['id']}/artifacts/pruned.onnx"
+
+    full = api.get(url, headers=auth)
+    assert full.status_code == 200 and full.content == data and full.headers["accept-ranges"] == "bytes"
+    etag = full.headers["etag"]
+    assert etag == f'"{sha}"'
+    head = api.head(url, headers=auth)
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(data))
+    assert head.headers["etag"] == etag
+    assert api.get(url, headers={**auth, "If-None-Match": etag}).status_code == 304
+    assert api.get(url, headers={**auth, "If-None-Match": '"other"'}).status_code == 200
+
+    part = api.get(url, headers={**auth, "Range": "bytes=1000-1999"})
+    assert part.status_code == 206 and part.content == data[1000:2000]
+    assert part.headers["content-range"] == f"bytes 1000-1999/{len(data)}"
+    tail = api.get(url, headers={**auth, "Range": "bytes=-500"})
+    assert tail.status_code == 206 and tail.content == data[-500:]
+    rest = api.get(url, headers={**auth, "Range": f"bytes={len(data) - 10}-"})
+    assert rest.status_code == 206 and rest.content == data[-10:]
+    # a resumed download whose copy is stale (If-Range names another version) gets the whole file
+    stale = api.get(url, headers={**auth, "Range": "bytes=0-9", "If-Range": '"other"'})
+    assert stale.status_code == 200 and stale.content == data
+    bad = problem(api.get(url, headers={**auth, "Range": f"bytes={len(data)}-"}), 416)
+    assert "outside" in bad["detail"]
+    assert api.get(url, headers={**auth, "Range": "bytes=0-1,5-6"}).content == data  # several: the whole

@@ -80,6 +80,9 @@ def problem_json(ctx: CheckContext, response: Response, case: Case) -> bool | No
         return None
     ctype = response.headers.get("content-type", [""])[0]
     assert ctype.startswith("application/problem+json"), (response.status_code, ctype)
+    if case.method.upper() == "HEAD":  # the same headers as GET, and never a body
+        assert not response.content, response.content[:100]
+        return True
     body = response.json()
     assert isinstance(body, dict), body
     assert body.get("status") == response.status_code, body

@@ -67,6 +67,10 @@ def test_store_contract(store: BlobStore, tmp_path: Path) -> None:
     assert not staged.path.exists()  # published, the staging copy is gone
     assert store.exists(sha) and store.size(sha) == len(data)
     assert b"".join(store.iter_bytes(sha)) == data
+    # byte ranges (the artifact route's Range): a slice, most of it, to the end
+    assert b"".join(store.iter_bytes(sha, 10, 20)) == data[10:30]
+    assert b"".join(store.iter_bytes(sha, 5, 90_000)) == data[5:90_005]
+    assert b"".join(store.iter_bytes(sha, 99_990)) == data[99_990:]
     store.fetch(sha, tmp_path / "copy" / "x.bin")
     assert (tmp_path / "copy" / "x.bin").read_bytes() == data
     again, sha2 = _stage(store, data)  # same bytes again: idempotent

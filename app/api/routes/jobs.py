@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from http import HTTPStatus
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -262,34 +263,103 @@ def cancel_job(session: SessionDep, owner: OwnerDep, job_id: JobIdPath, response
 
 @router.get(
     "/{job_id}/artifacts/{name}",
-    summary="Download an artifact (pruned.onnx, report.json, ...)",
+    summary="Download an artifact (pruned.onnx, report.json, ...); HEAD, ETag / If-None-Match and one "
+    "byte Range are honoured",
     response_class=StreamingResponse,
     responses={
         200: {
             "content": {media: {} for media in (ARTIFACT_DEFAULT_MEDIA, *ARTIFACT_MEDIA.values())},
             "description": "the artifact's bytes: JSON for .json, HTML for .html, else octet-stream",
         },
-        **problems(401, 403, 404, 422),
+        206: {
+            "content": {media: {} for media in (ARTIFACT_DEFAULT_MEDIA, *ARTIFACT_MEDIA.values())},
+            "description": "the requested byte range (Content-Range says which)",
+        },
+        304: {"description": "not modified: the If-None-Match ETag is the artifact's"},
+        **problems(401, 403, 404, 416, 422),
     },
 )
 def download_artifact(
+    request: Request,
     session: SessionDep,
     store: StoreDep,
     owner: OwnerDep,
     job_id: JobIdPath,
     name: Annotated[str, Path(pattern=ARTIFACT_PATTERN)],
-) -> StreamingResponse:
+) -> Response:
     job = _owned_job(session, owner, job_id)
     art = (job.artifacts or {}).get(name)
     if art is None:
         raise not_found("artifact")
     media = ARTIFACT_MEDIA.get(PurePosixPath(name).suffix, ARTIFACT_DEFAULT_MEDIA)
+    etag, size = f'"{art["sha256"]}"', int(art["size"])
+    # Artifacts never change (content-addressed): the ETag is the hash, a cache can keep them forever.
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=31536000, immutable",
+               "Content-Disposition": f'attachment; filename="{name}"'}  # fmt: skip
+    if _etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    span = _byte_range(request.headers.get("range"), size) if request.headers.get("if-range", etag) == etag else None
+    status, start, length = (206, span[0], span[1] - span[0] + 1) if span else (200, 0, size)
+    headers["Content-Length"] = str(length)
+    if span:
+        headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=media)
     return StreamingResponse(
-        store.iter_bytes(art["sha256"]),
-        media_type=media,
-        headers={
-            "Content-Length": str(art["size"]),
-            "Content-Disposition": f'attachment; filename="{name}"',
-            "ETag": f'"{art["sha256"]}"',
-        },
-    )
+        store.iter_bytes(art["sha256"], start, length if span else None),
+        status_code=status, media_type=media, headers=headers,
+    )  # fmt: skip
+
+
+@router.head(
+    "/{job_id}/artifacts/{name}",
+    summary="An artifact's headers (size, ETag, media type) without its bytes",
+    response_class=Response,
+    responses={
+        200: {"description": "the headers a GET would answer with"},
+        206: {"description": "the headers of the requested byte range"},
+        304: {"description": "not modified: the If-None-Match ETag is the artifact's"},
+        **{s: {"description": HTTPStatus(s).phrase} for s in (401, 403, 404, 416, 422)},  # no body on HEAD
+    },
+)
+def head_artifact(
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    owner: OwnerDep,
+    job_id: JobIdPath,
+    name: Annotated[str, Path(pattern=ARTIFACT_PATTERN)],
+) -> Response:
+    return download_artifact(request, session, store, owner, job_id, name)
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """If-None-Match holds this ETag, or "*" (weak tags compare by value)."""
+    tags = {t.strip().removeprefix("W/") for t in (header or "").split(",") if t.strip()}
+    return etag in tags or "*" in tags
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) of a single ``bytes=`` range, None for no range or one this route does not do
+    (several ranges, other units: the whole artifact, as RFC 9110 allows); 416 when unsatisfiable."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, sep, last = header[6:].strip().partition("-")
+    if not sep or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) \
+            or (last and not last.isdigit()):
+        return None
+    if not first:  # the last N bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise _unsatisfiable(size)
+        return max(0, size - n), size - 1
+    a = int(first)
+    b = min(int(last), size - 1) if last else size - 1
+    if a >= size or (last and int(last) < a):
+        raise _unsatisfiable(size)
+    return a, b
+
+
+def _unsatisfiable(size: int) -> ProblemError:
+    return ProblemError(416, f"the range is outside the artifact's {size} bytes",
+                        headers={"Content-Range": f"bytes */{size}"})
