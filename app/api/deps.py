@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.errors import ProblemError
+from app.api.routes import AUTHENTICATING, refuse_unknown_query
 from app.core.apikeys import hash_key
 from app.core.config import Settings
 from app.core.db.models import ApiKey
@@ -119,6 +120,7 @@ def get_owner(
             raise ProblemError(
                 403, "this server runs without authentication and only serves loopback clients"
             )
+        refuse_unknown_query(request.scope)
         return LOCAL_OWNER
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -127,7 +129,11 @@ def get_owner(
     key_id = _key_owner(session, token.strip())
     if key_id is None:
         raise _unauthorized("unknown or revoked API key")
+    refuse_unknown_query(request.scope)
     return key_id
+
+
+AUTHENTICATING.add(get_owner)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -111,6 +111,9 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _jsonable_errors(exc.errors())
+        if any(e["type"] == "json_invalid" for e in errors):  # not JSON at all: a malformed request
+            where = errors[0]["msg"] if errors else ""
+            return problem_response(request, 400, title="Malformed JSON", detail=f"the body is not valid JSON ({where})")
         first = errors[0] if errors else None
         detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else "invalid request"
         return problem_response(request, 422, detail=detail, errors=errors)

@@ -574,3 +574,24 @@ def test_artifact_head_etag_and_range(
     bad = problem(api.get(url, headers={**auth, "Range": f"bytes={len(data)}-"}), 416)
     assert "outside" in bad["detail"]
     assert api.get(url, headers={**auth, "Range": "bytes=0-1,5-6"}).content == data  # several: the whole
+
+
+def test_unknown_query_parameters_are_400(api: Any, auth: dict[str, str]) -> None:
+    """A misspelt filter is refused with what the route takes, not ignored (a silently wrong page)."""
+    body = problem(api.get("/v1/jobs?page_size=5", headers=auth), 400)
+    assert "'page_size'" in body["detail"] and "limit" in body["detail"] and "cursor" in body["detail"]
+    assert "'model_id'" in problem(api.get("/v1/models?model_id=x", headers=auth), 400)["detail"]
+    assert api.get("/v1/jobs?limit=5", headers=auth).status_code == 200
+    assert api.get("/livez").status_code == 200 and problem(api.get("/livez?x=1"), 400)
+
+
+def test_malformed_json_is_400_and_submit_says_when_to_poll(
+    api: Any, auth: dict[str, str], zoo: dict[str, Path]
+) -> None:
+    headers = {**auth, "Content-Type": "application/json"}
+    body = problem(api.post("/v1/jobs", headers=headers, content=b'{"model_id": '), 400)
+    assert body["title"] == "Malformed JSON"
+    assert problem(api.post("/v1/jobs", headers=auth, json={"model_id": 5}), 422)  # JSON, not a job
+    mid = model_id(api, auth, zoo["tiny"])
+    r = api.post("/v1/jobs", headers=auth, json={"model_id": mid, "spec": SPEC})
+    assert r.status_code == 202 and int(r.headers["retry-after"]) > 0

@@ -29,6 +29,7 @@ from app.core.queue import send_run_job
 from pruning_core.errors import DataError
 from pruning_core.runtime.holdout import holdout_count
 
+POLL_AFTER_S = "2"  # Retry-After of a 202: a job takes seconds at least
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=AllowRoute)
 # job_events.seq is a 32-bit INTEGER column: a bigger "after" would be a database error, not an answer
 MAX_SEQ = 2**31 - 1
@@ -69,6 +70,7 @@ def _replay(job: Job, request_hash: str, response: Response) -> JobOut:
             title="Idempotency key reused",
         )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.headers["Retry-After"] = POLL_AFTER_S
     response.headers["Idempotent-Replayed"] = "true"
     return job_out(job)
 
@@ -78,10 +80,11 @@ def _replay(job: Job, request_hash: str, response: Response) -> JobOut:
     status_code=202,
     response_model=JobOut,
     summary="Submit a pruning job",
-    description="Answers 202 with `Location`. With an `Idempotency-Key` header, the same key and the "
-    "same body give the same job again; the same key with another body is a 422. A body larger than "
-    "`SPA_MAX_SPEC_BYTES` (plus a little for `model_id`) is a 413; one that is not UTF-8 text is a 400, "
-    "malformed JSON a 422.",
+    description="Answers 202 with `Location` and `Retry-After` (seconds before polling it is worth "
+    "it). With an `Idempotency-Key` header, the same key and the same body give the same job again; the "
+    "same key with another body is a 422. A body larger than `SPA_MAX_SPEC_BYTES` (plus a little for "
+    "`model_id`) is a 413; one that is not UTF-8 text or not JSON is a 400; valid JSON that is not a "
+    "valid job is a 422.",
     responses=problems(400, 401, 403, 404, 413, 422, 503),
 )
 def create_job(
@@ -160,6 +163,7 @@ def create_job(
         session.commit()
         raise ProblemError(503, "the task broker is unavailable; the job was not queued") from e
     response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.headers["Retry-After"] = POLL_AFTER_S  # when polling the Location is worth it
     session.refresh(job)
     return job_out(job)
 
