@@ -154,6 +154,9 @@ def test_compose_runs_only_package_commands() -> None:
     services = compose["services"]
     assert {"api", "worker", "gpu-worker", "redis", "postgres", "minio", "migrate"} <= set(services)
     assert services["gpu-worker"]["profiles"] == ["gpu"]
+    # Flower is optional, loopback-only, and watches the same broker the workers use
+    assert services["flower"]["profiles"] == ["flower"] and services["flower"]["ports"][0].startswith("127.0.0.1:")
+    assert f"--broker={compose['x-spa-env']['SPA_BROKER_URL']}" in services["flower"]["command"]
     ours = {name: s for name, s in services.items() if "build" in s}
     assert {"api", "worker", "gpu-worker", "migrate"} <= set(ours)
     targets = {name: s["build"]["target"] for name, s in ours.items()}
