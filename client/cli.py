@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
+EVENTS_PAGE = 500  # the events route's default page
 MODEL_ID = re.compile(r"^[0-9a-f]{32}$")
 
 # Top-level modules of each extra of pyproject.toml that a command needs (checked without importing).
@@ -79,6 +80,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return v
 
 
@@ -198,6 +209,36 @@ def cmd_status(args: argparse.Namespace) -> int:
         job = client.get_job(args.job)
     print(json.dumps(job, indent=2))
     return _job_exit(job)
+
+
+def _event_line(e: dict[str, Any]) -> str:
+    progress = f"{e['progress'] * 100:3.0f}%" if e.get("progress") is not None else "    "
+    return f"{e['seq']:>4}  {str(e['at'])[11:19]}  {e['kind']:<8} {e.get('stage') or '':<12} {progress}  " \
+           f"{e.get('message') or ''}".rstrip()
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """The job's events, one line each; --follow keeps printing them until the job ends (each line
+    flushed: it works in a pipe or a CI log as on a terminal)."""
+    import time
+
+    after = 0
+    with _client(args) as client:
+        while True:
+            page = client.events(args.job, after=after)
+            for e in page["items"]:
+                print(_event_line(e), flush=True)
+            after = page["next_after"]
+            if page["items"] and len(page["items"]) >= EVENTS_PAGE:
+                continue  # more already there
+            if not args.follow:
+                return EXIT_OK
+            job = client.get_job(args.job)
+            if job["state"] in ("succeeded", "failed", "cancelled"):
+                for e in client.events(args.job, after=after)["items"]:  # what came with the end
+                    print(_event_line(e), flush=True)
+                return _job_exit(job)
+            time.sleep(args.interval)
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
@@ -370,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", parents=[remote], help="cancel a queued or running job")
     p.add_argument("job")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("events", parents=[remote], help="a job's events (stages, progress, log, state)")
+    p.add_argument("job")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends (exit as `wait`)")
+    p.add_argument("--interval", type=_positive_float, default=1.0, help="seconds between polls with --follow")
+    p.set_defaults(func=cmd_events)
 
     p = sub.add_parser("wait", parents=[remote], help="wait for a job with a progress bar")
     p.add_argument("job")

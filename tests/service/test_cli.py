@@ -98,6 +98,12 @@ def test_submit_wait_download(
     assert code == 0 and json.loads(out)["macs_after"] < json.loads(out)["macs_before"]
     code, out, _ = run(["download", job_id, str(tmp_path / "again"), "--name", "report.json"], capsys)
     assert code == 0 and [p.name for p in (tmp_path / "again").iterdir()] == ["report.json"]
+    code, out, _ = run(["events", job_id], capsys)
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0].split()[0] == "1" and "succeeded" in lines[-1]
+    assert any(" stage " in line and "verify" in line for line in lines), out
+    code, followed, _ = run(["events", job_id, "--follow", "--interval", "0.1"], capsys)
+    assert code == 0 and followed == out  # an ended job: the same lines, then the exit of `wait`
     code, out, _ = run(["jobs"], capsys)
     assert code == 0 and job_id in out
     code, out, _ = run(["models"], capsys)
@@ -119,6 +125,9 @@ def test_failed_job_exit_1(
     assert "failed" in err.splitlines()[-1] and "reachable" in err.splitlines()[-1]
     code, _, err = run(["status", job_id], capsys)
     assert code == 1
+    code, out, err = run(["events", job_id, "--follow"], capsys)
+    last = out.strip().splitlines()[-1]
+    assert code == 1 and "reachable" in err and " state " in last and "reachable" in last
     code, _, err = run(["download", job_id, str(tmp_path)], capsys)
     assert code == 2 and "nothing to download" in err
 
