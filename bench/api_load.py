@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench import docsection
 from bench.demo import ROOT, free_port, start_server, stop_server
 
 KINDS = {
@@ -646,22 +647,12 @@ def load_section(blocks: dict[str, str]) -> str:
 
 def write_docs(path: Path, results: list[Result], command: str) -> None:
     """Replace this run's modes in the load section; keep the other mode's block and the rest of the file."""
-    text = path.read_text() if path.exists() else "# Reliability\n"
-    blocks: dict[str, str] = {}
-    begin, end = text.find(BEGIN), text.find(END)
-    if begin != -1 and end > begin:
-        old = text[begin : end + len(END)]
-        for m in re.finditer(r"<!-- load:(\w+):begin -->.*?<!-- load:\1:end -->", old, re.S):
-            blocks[m.group(1)] = m.group(0)
+    old = docsection.current(path, BEGIN, END)
+    blocks = {m.group(1): m.group(0)
+              for m in re.finditer(r"<!-- load:(\w+):begin -->.*?<!-- load:\1:end -->", old, re.S)}  # fmt: skip
     for res in results:
         blocks[res.mode] = mode_block(res, command)
-    section = load_section(blocks)
-    if begin != -1 and end > begin:
-        text = text[:begin] + section + text[end + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    docsection.replace(path, BEGIN, END, load_section(blocks), "# Reliability")
 
 
 # -- main -------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import docsection
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
 
@@ -62,18 +64,6 @@ def table(rows: list[dict], rc: int) -> str:
     return "\n".join(lines)
 
 
-def replace_section(path: Path, text: str) -> None:
-    """Put ``text`` between the fault markers of ``path``; the rest of the file stays as it is."""
-    doc = path.read_text() if path.exists() else "# Reliability\n"
-    section = f"{BEGIN}\n{text}\n{END}"
-    begin, end = doc.find(BEGIN), doc.find(END)
-    if begin != -1 and end > begin:
-        doc = doc[:begin] + section + doc[end + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(doc)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write", type=Path, help="update this markdown file's fault section")
@@ -82,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows, rc)
     print(text)
     if args.write:
-        replace_section(args.write, text)
+        docsection.replace(args.write, BEGIN, END, f"{BEGIN}\n{text}\n{END}", "# Reliability")
     return rc
 
 

@@ -29,7 +29,6 @@ def about(subject: str) -> Iterator[None]:
 class SubjectFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.subject = f" [{_current}]" if _current else ""
-        record.subject_id = _current.split(" ", 1)[-1] if _current else None
         return True
 
 

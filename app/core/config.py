@@ -6,6 +6,7 @@ same database, broker and storage from the same variables.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -116,8 +117,6 @@ class Settings(BaseSettings):
 def as_environment(settings: Settings) -> dict[str, str]:
     """This process's environment with SPA_* replaced by ``settings``: what makes a subprocess (a
     worker, an API started by a test or a bench) see the same settings."""
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPA_")}
     for name, value in settings.model_dump().items():
         if value is not None:

@@ -69,38 +69,51 @@ def sweep_staging(directory: Path, stale_s: float) -> dict[str, str]:
     return out
 
 
+def _lost(sender: Celery, queue: str, ids: list[str], busy: set[str]) -> tuple[list[str], bool]:
+    """Which of ``ids``, queued on ``queue``, the broker no longer holds, and whether the broker
+    could be read. Where it cannot (another transport), all of them when nothing runs on the queue
+    (a free worker would have taken them), else none. Raises while the broker is away."""
+    held = broker_holds(sender, queue)
+    if held is not None:
+        return [i for i in ids if i not in held], True
+    return (list(ids) if queue not in busy else []), False
+
+
+def _busy(settings: Settings) -> set[str]:
+    with session_scope(settings.database_url) as session:
+        stale_before = jobstate.stale_cutoff(settings.heartbeat_stale_s)
+        return set(session.execute(jobstate.busy_queues(stale_before)).scalars())
+
+
 def _sweep_queued(settings: Settings, sender: Celery) -> dict[str, str]:
-    """Queued jobs whose message the broker no longer holds are re-sent once, then failed. Where
-    the broker cannot be read, a job that waited while its queue was idle is re-sent once (a
-    duplicate message is harmless: ``jobstate.claim`` runs a job once) and never failed."""
+    """Queued jobs whose message the broker no longer holds are re-sent once, then failed (failed
+    only when the broker was read: a guess never fails a job; a duplicate message is harmless,
+    ``jobstate.claim`` runs a job once)."""
     cutoff = utcnow() - timedelta(seconds=settings.queued_stale_s)
     with session_scope(settings.database_url) as session:
         stale = jobstate.find_stale_queued(session, cutoff)
-        busy = set(session.execute(jobstate.busy_queues(jobstate.stale_cutoff(settings.heartbeat_stale_s))).scalars())
-    out: dict[str, str] = {}
-    held: dict[str, str | None] = {}
+    by_queue: dict[str, list[str]] = {}
     for job_id, queue in stale:
-        if queue not in held:
-            held[queue] = broker_holds(sender, queue)  # raises while the broker is away: next round
-        in_broker = held[queue]
-        if in_broker is not None and job_id in in_broker:
-            continue  # waiting its turn
-        if in_broker is None and queue in busy:
-            continue  # cannot tell; its queue is busy, so it may well be waiting its turn
-        with session_scope(settings.database_url) as session:
-            outcome = jobstate.resend_or_fail(session, job_id, cutoff, may_fail=in_broker is not None)
-        if outcome == "resent":
-            try:
-                send_run_job(sender, job_id, queue)
-            except Exception:  # the broker went away: count nothing, the next sweep tries again
-                with session_scope(settings.database_url) as session:
-                    jobstate.unmark_resend(session, job_id)
-                raise
-            log.warning("job %s re-sent: the broker no longer held its message", job_id)
-        elif outcome == "failed":
-            log.warning("job %s failed: its message was lost again", job_id)
-        if outcome:
-            out[job_id] = outcome
+        by_queue.setdefault(queue, []).append(job_id)
+    busy = _busy(settings) if by_queue else set()
+    out: dict[str, str] = {}
+    for queue, ids in by_queue.items():
+        lost, read = _lost(sender, queue, ids, busy)
+        for job_id in lost:
+            with session_scope(settings.database_url) as session:
+                outcome = jobstate.resend_or_fail(session, job_id, cutoff, may_fail=read)
+            if outcome == "resent":
+                try:
+                    send_run_job(sender, job_id, queue)
+                except Exception:  # the broker went away: count nothing, the next sweep tries again
+                    with session_scope(settings.database_url) as session:
+                        jobstate.unmark_resend(session, job_id)
+                    raise
+                log.warning("job %s re-sent: the broker no longer held its message", job_id)
+            elif outcome == "failed":
+                log.warning("job %s failed: its message was lost again", job_id)
+            if outcome:
+                out[job_id] = outcome
     return out
 
 
@@ -117,14 +130,7 @@ def _sweep_validations(settings: Settings, sender: Celery) -> dict[str, str]:
     )  # fmt: skip
     with session_scope(settings.database_url) as session:
         candidates = list(session.execute(sa.select(Model.id).where(unstarted)).scalars())
-        busy = set(session.execute(jobstate.busy_queues(jobstate.stale_cutoff(settings.heartbeat_stale_s))).scalars())
-    lost: list[str] = []
-    if candidates:
-        held = broker_holds(sender, settings.queue_cpu)
-        if held is not None:
-            lost = [m for m in candidates if m not in held]
-        elif settings.queue_cpu not in busy:  # cannot read the broker: an idle queue would have run it
-            lost = candidates
+    lost = _lost(sender, settings.queue_cpu, candidates, _busy(settings))[0] if candidates else []
     out: dict[str, str] = {}
     with session_scope(settings.database_url) as session:
         stale = sa.or_(dead, sa.and_(unstarted, Model.id.in_(lost)))

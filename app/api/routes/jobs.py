@@ -265,6 +265,22 @@ def cancel_job(session: SessionDep, owner: OwnerDep, job_id: JobIdPath, response
     return CancelOut(id=job_id, state=outcome.state)
 
 
+_ARTIFACT_CONTENT = {media: {} for media in (ARTIFACT_DEFAULT_MEDIA, *ARTIFACT_MEDIA.values())}
+_NOT_MODIFIED = {"description": "not modified: the If-None-Match ETag is the artifact's"}
+
+
+# One function for both methods (HEAD answers GET's headers without the bytes).
+@router.head(
+    "/{job_id}/artifacts/{name}",
+    summary="An artifact's headers (size, ETag, media type) without its bytes",
+    response_class=Response,
+    responses={
+        200: {"description": "the headers a GET would answer with"},
+        206: {"description": "the headers of the requested byte range"},
+        304: _NOT_MODIFIED,
+        **{s: {"description": HTTPStatus(s).phrase} for s in (401, 403, 404, 416, 422)},  # no body on HEAD
+    },
+)
 @router.get(
     "/{job_id}/artifacts/{name}",
     summary="Download an artifact (pruned.onnx, report.json, ...); HEAD, ETag / If-None-Match and one "
@@ -272,14 +288,11 @@ def cancel_job(session: SessionDep, owner: OwnerDep, job_id: JobIdPath, response
     response_class=StreamingResponse,
     responses={
         200: {
-            "content": {media: {} for media in (ARTIFACT_DEFAULT_MEDIA, *ARTIFACT_MEDIA.values())},
+            "content": _ARTIFACT_CONTENT,
             "description": "the artifact's bytes: JSON for .json, HTML for .html, else octet-stream",
         },
-        206: {
-            "content": {media: {} for media in (ARTIFACT_DEFAULT_MEDIA, *ARTIFACT_MEDIA.values())},
-            "description": "the requested byte range (Content-Range says which)",
-        },
-        304: {"description": "not modified: the If-None-Match ETag is the artifact's"},
+        206: {"content": _ARTIFACT_CONTENT, "description": "the requested byte range (Content-Range says which)"},
+        304: _NOT_MODIFIED,
         **problems(401, 403, 404, 416, 422),
     },
 )
@@ -313,28 +326,6 @@ def download_artifact(
         store.iter_bytes(art["sha256"], start, length if span else None),
         status_code=status, media_type=media, headers=headers,
     )  # fmt: skip
-
-
-@router.head(
-    "/{job_id}/artifacts/{name}",
-    summary="An artifact's headers (size, ETag, media type) without its bytes",
-    response_class=Response,
-    responses={
-        200: {"description": "the headers a GET would answer with"},
-        206: {"description": "the headers of the requested byte range"},
-        304: {"description": "not modified: the If-None-Match ETag is the artifact's"},
-        **{s: {"description": HTTPStatus(s).phrase} for s in (401, 403, 404, 416, 422)},  # no body on HEAD
-    },
-)
-def head_artifact(
-    request: Request,
-    session: SessionDep,
-    store: StoreDep,
-    owner: OwnerDep,
-    job_id: JobIdPath,
-    name: Annotated[str, Path(pattern=ARTIFACT_PATTERN)],
-) -> Response:
-    return download_artifact(request, session, store, owner, job_id, name)
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
