@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -70,6 +71,23 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
                 await anyio.to_thread.run_sync(session.close)
 
 
+@contextmanager
+def reading_connection(request: Request) -> Iterator[sa.Connection]:
+    """A pooled connection in autocommit mode, for a handler that reads with Core and nothing else
+    (the poll): no Session, no BEGIN, no ROLLBACK. Falls back to a session's connection where the
+    app's sessionmaker has no engine bound."""
+    maker = _autocommit_maker(request.app.state.sessionmaker)
+    if maker is not None:
+        with maker.kw["bind"].connect() as conn:
+            yield conn
+        return
+    session: Session = request.app.state.sessionmaker()
+    try:
+        yield session.connection()
+    finally:
+        session.close()
+
+
 async def get_store(request: Request) -> BlobStore:
     return request.app.state.store
 
@@ -96,14 +114,39 @@ bearer_scheme = HTTPBearer(auto_error=False, description="an API key from `spa a
 
 # Built once: a statement object keeps its cache key, which SQLAlchemy would otherwise derive again
 # for every request (rebuilding the select cost more CPU than the query's round trip).
-_KEY_OWNER = sa.select(ApiKey.id).where(ApiKey.key_hash == sa.bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+KEY_OWNER = sa.select(ApiKey.id).where(ApiKey.key_hash == sa.bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+
+
+def key_owner(conn: sa.Connection, token: str) -> str | None:
+    # Looked up on every request, never cached: a revoked key is refused from the next request on,
+    # in every API process. The hash is one SHA-256 (under a microsecond); the id is read with Core
+    # (no ORM bookkeeping for one column).
+    return conn.execute(KEY_OWNER, {"key_hash": hash_key(token)}).scalar_one_or_none()
 
 
 def _key_owner(session: Session, token: str) -> str | None:
-    # Looked up on every request, never cached: a revoked key is refused from the next request on,
-    # in every API process. The hash is one SHA-256 (under a microsecond); the id is read through the
-    # session's connection (Core: no ORM bookkeeping for one column).
-    return session.connection().execute(_KEY_OWNER, {"key_hash": hash_key(token)}).scalar_one_or_none()
+    return key_owner(session.connection(), token)
+
+
+def bearer_token(request: Request, settings: Settings) -> str | None:
+    """The caller's API key as sent; None in the no-auth embedded mode (after its loopback check).
+    401 without one, 403 from another machine in the no-auth mode. Does no I/O."""
+    if settings.auth_disabled:
+        # The no-auth embedded mode serves only this machine, whatever address it was bound to.
+        if not is_loopback(request.client.host if request.client else None):
+            raise ProblemError(
+                403, "this server runs without authentication and only serves loopback clients"
+            )
+        return None
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("send 'Authorization: Bearer <api key>'")
+    return token.strip()
+
+
+def unknown_key() -> ProblemError:
+    return _unauthorized("unknown or revoked API key")
 
 
 def get_owner(
@@ -114,21 +157,13 @@ def get_owner(
 ) -> str:
     """The tenant: the id of the caller's API key. Every query filters on it. A plain function (run
     in the thread pool, and called directly by other dependencies, e.g. /metrics' access check)."""
-    if settings.auth_disabled:
-        # The no-auth embedded mode serves only this machine, whatever address it was bound to.
-        if not is_loopback(request.client.host if request.client else None):
-            raise ProblemError(
-                403, "this server runs without authentication and only serves loopback clients"
-            )
+    token = bearer_token(request, settings)
+    if token is None:
         refuse_unknown_query(request.scope)
         return LOCAL_OWNER
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized("send 'Authorization: Bearer <api key>'")
-    key_id = _key_owner(session, token.strip())
+    key_id = _key_owner(session, token)
     if key_id is None:
-        raise _unauthorized("unknown or revoked API key")
+        raise unknown_key()
     refuse_unknown_query(request.scope)
     return key_id
 
@@ -141,3 +176,34 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[BlobStore, Depends(get_store)]
 SenderDep = Annotated[Any, Depends(get_sender)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+def _owner_in_thread(request: Request, token: str) -> str | None:
+    with reading_connection(request) as conn:
+        return key_owner(conn, token)
+
+
+async def get_owner_on_loop(
+    request: Request, _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None
+) -> str:
+    """get_owner for a route that reads on the event loop (app.core.db.aio, PostgreSQL): the same
+    answers in the same order, without the thread-pool hop. Where the app has no async reader
+    (SQLite), the key is looked up in the thread pool."""
+    token = bearer_token(request, request.app.state.settings)
+    if token is None:
+        refuse_unknown_query(request.scope)
+        return LOCAL_OWNER
+    reader = request.app.state.reader
+    if reader is not None:
+        row = await reader.one(KEY_OWNER, {"key_hash": hash_key(token)})
+        key_id = row[0] if row is not None else None
+    else:
+        key_id = await anyio.to_thread.run_sync(_owner_in_thread, request, token)
+    if key_id is None:
+        raise unknown_key()
+    refuse_unknown_query(request.scope)
+    return key_id
+
+
+AUTHENTICATING.add(get_owner_on_loop)
+LoopOwnerDep = Annotated[str, Depends(get_owner_on_loop)]
