@@ -20,7 +20,8 @@ from typing import Any, NoReturn
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
 EVENTS_PAGE = 500  # the events route's default page
-MODEL_ID = re.compile(r"^[0-9a-f]{32}$")
+# 32 hex digits, or the 8-4-4-4-12 UUID form, either case (the API takes both)
+MODEL_ID = re.compile(r"^(?:[0-9a-fA-F]{32}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})$")
 
 # Top-level modules of each extra of pyproject.toml that a command needs (checked without importing).
 CORE_MODULES = ("pydantic", "pydantic_settings", "sqlalchemy", "alembic", "celery")
@@ -103,6 +104,60 @@ def _fraction(text: str) -> float:
     return value
 
 
+TARGET_WORDS = {"flops": "FLOPs (multiply-accumulates)", "params": "parameters",
+                "channels": "channels of the prunable groups", "latency": "the measured latency"}
+
+
+def default_target_note(target: dict[str, Any]) -> str:
+    """What a spec without a target prunes, from the target the spec's default filled in (the server's
+    answer, or PruneSpec's locally): the default lives in one place, pruning_core.spec."""
+    kind, value = next(((k, v) for k, v in target.items() if v is not None), ("channels", None))
+    amount = f"{value * 100:g} % of" if isinstance(value, int | float) else "a share of"
+    return (f"no target given: pruning {amount} {TARGET_WORDS.get(kind, kind)} (the default); "
+            "pass --flops, --params, --channels or --latency to choose")
+
+
+def _ratio(before: Any, after: Any) -> str:
+    numbers = isinstance(before, int | float) and isinstance(after, int | float)
+    return f"{after / before:.2f}x" if numbers and before else ""
+
+
+def result_table(summary: dict[str, Any]) -> str:
+    """A succeeded job's summary as before -> after lines with the ratio (after / before): params,
+    MACs, latency, accuracy; then fidelity and the verification error."""
+    rows: list[list[str]] = [["", "before", "after", "ratio"]]
+
+    def add(name: str, before: Any, after: Any, fmt: str, note: str = "") -> None:
+        if before is not None and after is not None:
+            rows.append([name, format(before, fmt), format(after, fmt), _ratio(before, after), note])
+
+    add("params", summary.get("params_before"), summary.get("params_after"), ",")
+    add("MACs", summary.get("macs_before"), summary.get("macs_after"), ",")
+    speed = [f"{label} {summary[k]:.2f}{unit}" for k, label, unit in
+             (("speedup", "speed-up", "x"), ("efficiency", "efficiency", "")) if summary.get(k) is not None]
+    add("latency ms", summary.get("latency_ms_before"), summary.get("latency_ms_after"), ".3f", ", ".join(speed))
+    fid = summary.get("fidelity") or {}
+    acc = fid.get("accuracy") or {}
+    add("accuracy", acc.get("before"), acc.get("after"), ".1%")
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  "
+             f"{r[4] if len(r) > 4 else ''}".rstrip() for r in rows]
+    if fid.get("cosine") is not None:
+        parts = [f"output cosine {fid['cosine']:.4f}"]
+        if fid.get("top1_agreement") is not None:
+            parts.append(f"top-1 agreement {fid['top1_agreement']:.1%}")
+        on = fid.get("inputs") or "synthetic"
+        if on == "synthetic":
+            n = fid.get("samples")
+            on = f"synthetic inputs ({n} sample{'' if n == 1 else 's'}, no data given)"
+        lines.append(f"fidelity on {on}: {', '.join(parts)}")
+    if summary.get("verify_max_error") is not None:
+        lines.append(f"verified: max error {summary['verify_max_error']:.3g} vs the original")
+    if summary.get("channels_removed") is not None:
+        lines.append(f"channels removed: {summary['channels_removed']:,}")
+    return "\n".join(lines)
+
+
 def _job_exit(job: dict[str, Any]) -> int:
     if job["state"] == "succeeded":
         return EXIT_OK
@@ -114,10 +169,16 @@ def _job_exit(job: dict[str, Any]) -> int:
 
 
 def _wait(client: Any, job_id: str, timeout: float | None) -> dict[str, Any]:
+    """Wait with the progress bar; a succeeded job's before/after table follows it on stderr
+    (stdout stays what scripts read: the job id, or `spa wait`'s summary JSON)."""
     from client.progress import ProgressBar
 
     bar = ProgressBar()
-    return client.wait(job_id, timeout=timeout, on_update=bar.update)
+    job = client.wait(job_id, timeout=timeout, on_update=bar.update)
+    if job["state"] == "succeeded" and job.get("summary"):
+        sys.stderr.write(result_table(job["summary"]) + "\n")
+        sys.stderr.flush()
+    return job
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -155,7 +216,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(f"model {model['id']} ({model['state']})", file=sys.stderr)
             model_id = model["id"]
         elif MODEL_ID.match(args.model):
-            model_id = args.model
+            model_id = args.model.replace("-", "").lower()
         else:
             raise UsageError(f"{args.model}: no such file (and not a model id)")
         dataset_id = None
@@ -167,7 +228,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             eval_id = client.upload_dataset(args.eval_data, model_id=model_id)["id"]
             spec["calibration"] = {**spec.get("calibration", {}), "eval_dataset_id": eval_id}
         job = client.submit(model_id, spec, dataset_id=dataset_id, idempotency_key=args.idempotency_key)
-        print(job["id"])
+        print(job["id"], flush=True)
+        if "target" not in spec:  # the server filled in its default: say which, from its answer
+            print(default_target_note((job.get("spec") or {}).get("target") or {}), file=sys.stderr)
         if not (args.wait or args.download):
             return EXIT_OK
         job = _wait(client, job["id"], args.timeout)
@@ -293,7 +356,59 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _arrays_text(arrays: dict[str, Any]) -> str:
+    return " ".join(f"{name}[{','.join(map(str, (a or {}).get('shape') or []))}]" for name, a in arrays.items())
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        page = client.list_datasets(limit=args.limit)
+    rows = [[d["id"], d["filename"], f"{d['size']:,}", _arrays_text(d.get("arrays") or {}), d["created_at"][:19]]
+            for d in page["items"]]
+    _table(rows, ["ID", "FILE", "BYTES", "ARRAYS", "CREATED"])
+    return EXIT_OK
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    """One row per channel group of an uploaded model; waits while the model is being analysed."""
+    import time
+
+    if not MODEL_ID.match(args.model):
+        hint = "; for a file here, `spa analyze` lists its groups" if Path(args.model).exists() else ""
+        raise UsageError(f"{args.model!r} is not a model id (`spa models` lists them){hint}")
+    deadline = time.monotonic() + args.timeout
+    with _client(args) as client:
+        while client.get_model(args.model)["state"] == "validating":
+            if time.monotonic() > deadline:
+                raise UsageError(f"model {args.model} is still being analysed after {args.timeout:g} s")
+            time.sleep(0.5)
+        got = client.model_groups(args.model)
+    groups = got["groups"]
+    rows = [[str(g.get("id", "")), str(g.get("size", "")), "prunable" if g.get("prunable") else "fixed",
+             g.get("name") or "", "" if g.get("prunable") else "; ".join(g.get("reasons") or []) or "-"]
+            for g in groups]
+    _table(rows, ["ID", "SIZE", "STATE", "NAME", "WHY FIXED"])
+    prunable = sum(1 for g in groups if g.get("prunable"))
+    print(f"{len(groups)} groups, {prunable} prunable, {len(groups) - prunable} fixed", file=sys.stderr)
+    return EXIT_OK
+
+
 def _db_url(args: argparse.Namespace) -> str:
+    """--database-url, else the database of `spa serve --data-dir DIR` (client.serve derives it as
+    the server does), else $SPA_DATABASE_URL or the embedded default."""
+    if getattr(args, "data_dir", None):
+        from client.serve import embedded_database_url
+
+        url = embedded_database_url(Path(args.data_dir))
+        if args.func is not cmd_db_upgrade and url.startswith("sqlite"):
+            import sqlalchemy as sa
+
+            db_file = sa.make_url(url).database or ""
+            if not Path(db_file).is_file():  # a typo in DIR must not create an empty database there
+                raise UsageError(f"no database under {args.data_dir} ({db_file} does not exist); start "
+                                 f"`spa serve --data-dir {args.data_dir}` or run `spa db upgrade --data-dir "
+                                 f"{args.data_dir}` first")
+        return url
     from app.core.config import Settings
 
     return args.database_url or Settings().database_url
@@ -438,24 +553,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("datasets", parents=[remote], help="list your datasets")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("groups", parents=[remote], help="a model's channel groups: size, prunable or why fixed")
+    p.add_argument("model", help="a model id (spa models)")
+    p.add_argument("--timeout", type=_positive_float, default=120.0,
+                   help="seconds to wait while the model is being analysed (default 120)")
+    p.set_defaults(func=cmd_groups)
+
+    database = _Parser(add_help=False)  # which database `spa admin` / `spa db` work on
+    where = database.add_mutually_exclusive_group()
+    where.add_argument("--database-url", help="default: $SPA_DATABASE_URL or the embedded SQLite")
+    where.add_argument("--data-dir", metavar="DIR",
+                       help="the database of `spa serve --data-dir DIR` (DIR/spa.db unless $SPA_DATABASE_URL is set)")
+
     p = sub.add_parser("admin", help="administration (direct database access)")
     admin = p.add_subparsers(dest="admin_command", metavar="ACTION", parser_class=_Parser, required=True)
-    k = admin.add_parser("create-key", help="create an API key and print it once")
-    k.add_argument("name")
-    k.add_argument("--database-url", help="default: $SPA_DATABASE_URL or the embedded SQLite")
-    k.set_defaults(func=cmd_create_key)
-    k = admin.add_parser("list-keys", help="list API keys (ids, names, when created / revoked)")
-    k.add_argument("--database-url", help="default: $SPA_DATABASE_URL or the embedded SQLite")
-    k.set_defaults(func=cmd_list_keys)
-    k = admin.add_parser("revoke-key", help="revoke an API key, by id or by name")
-    k.add_argument("key", help="the key's id (spa admin list-keys) or its name")
-    k.add_argument("--database-url", help="default: $SPA_DATABASE_URL or the embedded SQLite")
-    k.set_defaults(func=cmd_revoke_key)
+    k = admin.add_parser("keys", help="API keys: create NAME | list | revoke ID|NAME")
+    keys = k.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_Parser, required=True)
+    # `spa admin keys ACTION` is the documented form; create-key / list-keys / revoke-key stay as aliases.
+    key_actions = (
+        ("create", "create-key", "create an API key and print it once", cmd_create_key),
+        ("list", "list-keys", "list API keys (ids, names, when created / revoked)", cmd_list_keys),
+        ("revoke", "revoke-key", "revoke an API key, by id or by name", cmd_revoke_key),
+    )
+    for action, alias, text, func in key_actions:
+        for k in (keys.add_parser(action, parents=[database], help=text),
+                  admin.add_parser(alias, parents=[database], help=f"{text} (= keys {action})")):
+            if action == "create":
+                k.add_argument("name")
+            elif action == "revoke":
+                k.add_argument("key", help="the key's id (spa admin keys list) or its name")
+            k.set_defaults(func=func)
 
     p = sub.add_parser("db", help="database schema")
     db = p.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser, required=True)
-    u = db.add_parser("upgrade", help="apply the Alembic migrations")
-    u.add_argument("--database-url", help="default: $SPA_DATABASE_URL or the embedded SQLite")
+    u = db.add_parser("upgrade", parents=[database], help="apply the Alembic migrations")
     u.set_defaults(func=cmd_db_upgrade)
 
     from client import local_commands  # the parsers only; the library loads when a command runs

@@ -105,6 +105,9 @@ class SpaClient:
     def list_models(self, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
         return self._json("GET", "/v1/models", params=_drop_none(limit=limit, cursor=cursor))
 
+    def list_datasets(self, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        return self._json("GET", "/v1/datasets", params=_drop_none(limit=limit, cursor=cursor))
+
     def upload_dataset(self, file: str | Path, model_id: str | None = None) -> dict[str, Any]:
         return self._upload("/v1/datasets", Path(file), {"model_id": model_id} if model_id else None)
 

@@ -19,6 +19,7 @@ from client.cli import (  # one parser for fractions, runtime flags
     LIBRARY_MODULES,
     _fraction,
     add_runtime_arguments,
+    default_target_note,
 )
 
 
@@ -92,18 +93,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from pruning_core.errors import PruneError
     from pruning_core.spec import PruneSpec
 
-    target = (
-        {"flops": args.flops}
-        if args.flops is not None
-        else {"params": args.params}
-        if args.params is not None
-        else {"latency": args.latency}
-        if args.latency is not None
-        else {"channels": args.channels if args.channels is not None else 0.3}
-    )
+    targets = {k: getattr(args, k) for k in ("flops", "params", "channels", "latency") if getattr(args, k) is not None}
     try:
         spec = PruneSpec(
-            target=target,
+            **({"target": targets} if targets else {}),  # none: the spec's default applies
             criterion=args.criterion,
             scope=args.scope,
             round_to=args.round_to,
@@ -148,6 +141,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if args.report:
             args.report.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(res.artifacts["report.json"]), args.report)
+    if not targets:  # said with the result: an input error stays the one line on stderr
+        print(default_target_note(spec.target.model_dump()), file=sys.stderr)
     print(format_table(res.report))
     for path in [out, *extra]:
         print(f"wrote {path}")

@@ -18,8 +18,6 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from app.api.deps import is_loopback
-
 PR_SET_PDEATHSIG = 1
 
 
@@ -38,6 +36,14 @@ def embedded_env(data_dir: Path, auth: bool) -> dict[str, str]:
     # Explicit SPA_DATABASE_URL / SPA_BROKER_URL / SPA_STORAGE from the environment are kept: the
     # same command then serves a PostgreSQL / Redis / S3 setup for a quick production smoke test.
     return env
+
+
+def embedded_database_url(data_dir: Path) -> str:
+    """The database `spa serve --data-dir DIR` runs on (for `spa admin` / `spa db --data-dir`): the
+    settings it gets from ``embedded_env``, i.e. ``<DIR>/spa.db`` unless SPA_DATABASE_URL is set."""
+    from app.core.config import Settings
+
+    return Settings(data_dir=data_dir.resolve()).database_url
 
 
 def start_worker(env: dict[str, str], queues: str, log_file: Path) -> subprocess.Popen[bytes]:
@@ -150,6 +156,9 @@ def access_log_config(path: Path) -> dict[str, Any]:
 
 
 def serve(*, host: str, port: int, data_dir: Path, auth: bool) -> int:
+    # Imported here: `spa admin --data-dir` imports this module with the core extra only.
+    from app.api.deps import is_loopback
+
     if not auth and not is_loopback(host):
         sys.stderr.write(
             f"spa: error: refusing to serve {host} without authentication; bind 127.0.0.1 or pass --auth\n"

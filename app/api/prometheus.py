@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,16 +15,18 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core import workers
-from app.core.db.models import JOB_STATES, Job
+from app.core.db.models import JOB_STATES, Job, JobEvent
 
 
 class _FromDatabase(Collector):
     """Figures read from the database at scrape time (it is the source of truth, shared by every
     API process): jobs per state, failures per error code, live workers per queue, and the
-    distributions of queue wait and run time over the most recent jobs."""
+    distributions of queue wait, run time and time per stage over the most recent jobs."""
 
     RECENT = 1000  # jobs the distributions cover: a gauge histogram of "now", not a lifetime count
     BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, float("inf"))
+    # Stages are shorter than jobs (fetching a model, exporting one: well under a second).
+    STAGE_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf"))
 
     def __init__(self, sessionmaker: Any, settings: Any) -> None:
         self.sessionmaker, self.settings = sessionmaker, settings
@@ -44,6 +47,7 @@ class _FromDatabase(Collector):
                     sa.select(Job.created_at, Job.started_at, Job.finished_at)
                     .where(Job.started_at.is_not(None)).order_by(Job.started_at.desc()).limit(self.RECENT)
                 ).all()
+                stages = stage_durations(s, self.RECENT)
         except Exception:  # the database away: /readyz says so; the scrape still has the rest
             return
         family = GaugeMetricFamily("spa_jobs", "jobs by state", labels=["state"])
@@ -62,10 +66,43 @@ class _FromDatabase(Collector):
         runs = [(r.finished_at - r.started_at).total_seconds() for r in recent if r.finished_at]
         yield self._histogram("spa_job_queue_wait_seconds", "submit to start, recent jobs", waits)
         yield self._histogram("spa_job_run_seconds", "start to end, recent finished jobs", runs)
+        per_stage = GaugeHistogramMetricFamily(
+            "spa_job_stage_seconds", "time in each stage, recent jobs' ended stages", labels=["stage"]
+        )
+        for stage, values in sorted(stages.items()):
+            per_stage.add_metric([stage], self._buckets(values, self.STAGE_BUCKETS), sum(values))
+        yield per_stage
 
     def _histogram(self, name: str, doc: str, values: list[float]) -> GaugeHistogramMetricFamily:
-        buckets = [(str(b) if b != float("inf") else "+Inf", sum(v <= b for v in values)) for b in self.BUCKETS]
+        buckets = self._buckets(values, self.BUCKETS)
         return GaugeHistogramMetricFamily(name, doc, buckets=buckets, gsum_value=sum(values))
+
+    @staticmethod
+    def _buckets(values: list[float], bounds: Sequence[float]) -> list[tuple[str, float]]:
+        return [(str(b) if b != float("inf") else "+Inf", sum(v <= b for v in values)) for b in bounds]
+
+
+def stage_durations(session: Any, recent: int) -> dict[str, list[float]]:
+    """Seconds per stage over the ``recent`` most recently started jobs. A "stage" event marks a
+    stage's start (worker/progress.py); the stage lasts until the job's next stage or state event
+    (the next stage, a re-queue, the end) or, failing one, its finished_at. A stage still under way
+    is left out: its time is not known yet."""
+    jobs = sa.select(Job.id).where(Job.started_at.is_not(None)).order_by(Job.started_at.desc()).limit(recent)
+    rows = session.execute(
+        sa.select(JobEvent.job_id, JobEvent.kind, JobEvent.stage, JobEvent.at, Job.finished_at)
+        .join(Job, Job.id == JobEvent.job_id)
+        .where(JobEvent.job_id.in_(jobs.scalar_subquery()), JobEvent.kind.in_(("stage", "state")))
+        .order_by(JobEvent.job_id, JobEvent.seq)
+    ).all()
+    out: dict[str, list[float]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        if row.kind != "stage" or not row.stage:
+            continue
+        after = rows[i + 1] if i + 1 < len(rows) and rows[i + 1].job_id == row.job_id else None
+        end = after.at if after is not None else row.finished_at
+        if end is not None:
+            out[row.stage].append(max(0.0, (end - row.at).total_seconds()))
+    return out
 
 
 class Metrics:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from app.api.routes import normalize_id
 from pruning_core.spec import PruneSpec
 
 T = TypeVar("T")
@@ -49,12 +50,61 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
+def _utf8(value: str) -> str:
+    # JSON's \ud800 escape parses to a lone surrogate, which no answer could serialize (a 500)
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate)") from None
+    return value
+
+
+# A job's labels. Bounded by the schema itself (so the document says what is refused), small enough
+# that they fit the body limit's slack beside the spec (SPEC_SLACK in app/api/bodylimit.py).
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters: a NUL is refused by PostgreSQL
+TAG_PATTERN = r"^[A-Za-z0-9_.:/=+@-]{1,64}$"
+MAX_TAGS = 16
+MAX_METADATA_ITEMS = 16
+JobName = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=NAME_PATTERN), AfterValidator(_utf8)
+]
+Tag = Annotated[str, StringConstraints(pattern=TAG_PATTERN)]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_utf8)]
+# Flat scalars only: labels read by people, not a document store. Floats are finite (NaN is not
+# JSON: PostgreSQL would refuse the row).
+MetadataValue = (
+    Annotated[str, StringConstraints(max_length=256), AfterValidator(_utf8)]
+    | int
+    | Annotated[float, Field(allow_inf_nan=False)]
+    | bool
+    | None
+)
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_id: str = Field(min_length=1, max_length=64)
     spec: PruneSpec = Field(default_factory=PruneSpec)
     dataset_id: str | None = Field(None, min_length=1, max_length=64)
+    name: JobName | None = Field(None, description="a short name of yours; GET /v1/jobs?name= finds it")
+    tags: list[Tag] = Field(
+        default_factory=list, max_length=MAX_TAGS, description="labels; GET /v1/jobs?tag= finds jobs by one"
+    )
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict, max_length=MAX_METADATA_ITEMS,
+        description="your own key -> value pairs (string, number, boolean or null), returned as given",
+    )  # fmt: skip
+
+    @field_validator("model_id", "dataset_id")
+    @classmethod
+    def _canonical(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_id(value)
+
+    @field_validator("tags")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))  # a tag is had or not: repeats are dropped, order kept
 
 
 class ArtifactOut(BaseModel):
@@ -80,6 +130,9 @@ class JobOut(BaseModel):
         "accuracy before/after) with what it was measured on: held-out or eval data, or synthetic inputs",
     )
     artifacts: list[ArtifactOut]
+    name: str | None
+    tags: list[str]
+    metadata: dict[str, Any]
     error: str | None
     error_code: str | None
     created_at: datetime

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     # An upload or artifact staging file untouched this long belongs to a process that died
     # mid-transfer (an API restarted mid-upload): the sweeper removes it.
     staging_stale_s: float = Field(3600.0, gt=0)
+    # Retention: finished jobs older than this many days (their events and artifacts with them), and
+    # models and datasets uploaded before then that no job refers to, are deleted by the sweeper.
+    # 0 keeps everything forever.
+    retention_days: float = Field(0.0, ge=0)
     # How long a task keeps retrying (with backoff) when the database is away, before it gives up
     # and leaves the job to the sweeper.
     db_retry_s: float = Field(300.0, ge=0)

@@ -1,6 +1,7 @@
 """Recovery of work whose worker died or whose message was lost: running jobs with a stale
 heartbeat are re-queued once, then failed; queued jobs that no free worker took are re-sent once,
-then failed; models stuck in "validating" get their validation re-sent.
+then failed; models stuck in "validating" get their validation re-sent; with a retention
+(``retention_days``), what is older than it is deleted (app.core.retention).
 
 It runs in every worker *and* in the API process: when the last worker is SIGKILLed, nobody
 else would notice its job. Every step is a conditional UPDATE that only one sweeper can win, so
@@ -19,7 +20,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from celery import Celery
 
-from app.core import jobstate
+from app.core import jobstate, retention
 from app.core.config import Settings
 from app.core.db.models import Job, Model, utcnow
 from app.core.db.session import session_scope
@@ -51,6 +52,7 @@ def sweep_once(settings: Settings, sender: Celery) -> dict[str, str]:
     outcomes.update(_sweep_queued(settings, sender))
     outcomes.update(_sweep_validations(settings, sender))
     outcomes.update(sweep_staging(make_store(settings).staging_dir, settings.staging_stale_s))
+    outcomes.update(retention.sweep_retention(settings))
     return outcomes
 
 

@@ -45,6 +45,8 @@ def test_help_is_fast_and_light() -> None:
         "download",
         "jobs",
         "models",
+        "datasets",
+        "groups",
         "admin",
         "db",
         "prune",
@@ -57,7 +59,8 @@ def test_help_is_fast_and_light() -> None:
 @pytest.mark.parametrize(
     "argv",
     [["submit"], ["submit", "m.onnx", "--flops", "1.5"], ["submit", "m.onnx", "--flops", "x"], ["nope"],
-     ["submit", "m.onnx", "--flops", "0.5", "--params", "0.5"], ["admin"]],
+     ["submit", "m.onnx", "--flops", "0.5", "--params", "0.5"], ["admin"], ["admin", "keys"],
+     ["admin", "keys", "list", "--data-dir", "d", "--database-url", "sqlite://"], ["groups"]],
 )  # fmt: skip
 def test_usage_errors_exit_2_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
@@ -123,6 +126,7 @@ def test_failed_job_exit_1(
     assert code == 1, err
     job_id = out.strip().splitlines()[-1]
     assert "failed" in err.splitlines()[-1] and "reachable" in err.splitlines()[-1]
+    assert "  ratio" not in err and "verified:" not in err  # no result table for a failed job
     code, _, err = run(["status", job_id], capsys)
     assert code == 1
     code, out, err = run(["events", job_id, "--follow"], capsys)

@@ -48,7 +48,7 @@ def test_migrations_match_models(backend: Backend) -> None:
     with get_engine(backend.base.database_url).connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == [], diff
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0004"
         if conn.dialect.name == "sqlite":
             assert conn.execute(sa.text("PRAGMA journal_mode")).scalar_one() == "wal"
             assert conn.execute(sa.text("PRAGMA busy_timeout")).scalar_one() >= 5000

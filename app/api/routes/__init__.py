@@ -1,13 +1,15 @@
 """What the API's routers share: ``AllowRoute`` (a 405 names every method of its path, an unknown
-query parameter is a 400) and
+query parameter is a 400), ``id_path`` and ``canonical_id`` (an id in either accepted form), and
 ``find_owned`` (the lookup of an id that came in a body or a form)."""
 
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Annotated, Any, ClassVar, Protocol, TypeVar
 
+from fastapi import Path
 from fastapi.routing import APIRoute
+from pydantic import AfterValidator
 from sqlalchemy.orm import Session
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
@@ -15,9 +17,35 @@ from starlette.types import Receive, Scope, Send
 
 from app.api.errors import ProblemError, problems
 
-# Every public id is uuid4 hex (app.core.db.models.new_id); path parameters are held to this pattern.
-ID_PATTERN = r"^[0-9a-f]{32}$"
+# Every public id is uuid4 hex, 32 lowercase digits (app.core.db.models.new_id). What clients copy
+# from elsewhere is often the canonical UUID form (8-4-4-4-12) or upper case: both are accepted and
+# normalized to the stored form before any query, so such an id finds its row instead of a 422.
+ID_PATTERN = (
+    r"^(?:[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+)
 _ID = re.compile(ID_PATTERN)
+
+
+def canonical_id(value: str | None) -> str | None:
+    """The stored (32 lowercase hex) form of an id in either accepted form; None for what cannot be
+    an id at all."""
+    if not value or not _ID.fullmatch(value):
+        return None
+    return value.replace("-", "").lower()
+
+
+def normalize_id(value: str) -> str:
+    """``canonical_id``, or the value unchanged when it is not an id (its lookup then finds nothing)."""
+    return canonical_id(value) or value
+
+
+def id_path(what: str) -> Any:
+    """A path parameter holding an id: validated against ID_PATTERN, then normalized."""
+    return Annotated[
+        str,
+        Path(pattern=ID_PATTERN, description=f"{what} id (32 hex digits, or the 8-4-4-4-12 UUID form)"),
+        AfterValidator(normalize_id),
+    ]
 
 
 class _Owned(Protocol):
@@ -31,7 +59,8 @@ def find_owned(session: Session, cls: type[R], id_: str | None, owner: str) -> R
     """The caller's row with this id; None when there is none, when it is another tenant's (ids
     leak nothing), or when the string cannot be an id at all. That last one never reaches the
     database: PostgreSQL refuses a NUL in a text parameter, which was a 500."""
-    if not id_ or not _ID.fullmatch(id_):
+    id_ = canonical_id(id_)
+    if id_ is None:
         return None
     row = session.get(cls, id_)
     return row if row is not None and row.owner_id == owner else None

@@ -1,26 +1,27 @@
-"""/v1/datasets: calibration / evaluation data as .npz (arrays named after model inputs)."""
+"""/v1/datasets: calibration / evaluation data as .npz (arrays named after model inputs): upload, list,
+get, delete."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import sqlalchemy as sa
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StoreDep
 from app.api.errors import ProblemError, not_found, problems
 from app.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, paginate
-from app.api.routes import ID_PATTERN, AllowRoute, find_owned
+from app.api.routes import AllowRoute, find_owned, id_path
 from app.api.schemas import DatasetOut, Page
 from app.api.uploads import Upload, commit_new, find_or_publish, multipart_openapi, receive_upload
+from app.core import retention
 from app.core.config import Settings
 from app.core.db.models import Dataset, Model
 from app.core.npz import BadNpz, check_names, read_npz_header
 from app.core.storage import BlobStore
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=AllowRoute)
+DatasetIdPath = id_path("dataset")
 
 
 @router.post(
@@ -97,10 +98,27 @@ def list_datasets(
 @router.get(
     "/{dataset_id}", response_model=DatasetOut, summary="One dataset", responses=problems(401, 403, 404, 422)
 )
-def get_dataset(
-    session: SessionDep, owner: OwnerDep, dataset_id: Annotated[str, Path(pattern=ID_PATTERN)]
-) -> Dataset:
+def get_dataset(session: SessionDep, owner: OwnerDep, dataset_id: DatasetIdPath) -> Dataset:
     dataset = find_owned(session, Dataset, dataset_id, owner)
     if dataset is None:
         raise not_found("dataset")
     return dataset
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a dataset",
+    description="The stored file goes too when no other model or dataset has the same bytes. 409 while "
+    "a job refers to the dataset: cancel a queued or running one (as its evaluation data too), delete a "
+    "finished one first.",
+    responses={204: {"description": "deleted"}, **problems(401, 403, 404, 409, 422)},
+)
+def delete_dataset(
+    session: SessionDep, store: StoreDep, owner: OwnerDep, dataset_id: DatasetIdPath
+) -> Response:
+    get_dataset(session, owner, dataset_id)
+    if (why := retention.delete_upload(session, store, Dataset, dataset_id)) is not None:
+        raise ProblemError(409, why)
+    return Response(status_code=204)

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import SessionDep, SettingsDep, bearer_scheme, get_owner
-from app.api.errors import PROBLEM_MEDIA_TYPE, problems
+from app.api.errors import KINDS, PROBLEM_MEDIA_TYPE, problems, type_uri
 from app.api.routes import AllowRoute
 from app.core import workers
 
@@ -53,7 +53,7 @@ def readyz(request: Request) -> JSONResponse:
     if ok:
         return JSONResponse({"status": "ready", "checks": checks, "queues": queues})
     body = {
-        "type": "about:blank",
+        "type": type_uri(request, KINDS["not-ready"]),
         "title": "Service Unavailable",
         "status": 503,
         "detail": "not ready",

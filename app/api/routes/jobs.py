@@ -1,4 +1,5 @@
-"""/v1/jobs: submit (idempotent), list, get, events, cancel, artifacts.
+"""/v1/jobs: submit (idempotent), list (filtered by state, name, tag), get, events, cancel, delete,
+artifacts.
 
 The job row (and its first event) is committed before the task is sent: a worker that picks the
 message up at once always finds the row, and the row, not Celery, says what state the job is in."""
@@ -15,6 +16,7 @@ import anyio.to_thread
 import sqlalchemy as sa
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import StringConstraints
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,11 +31,21 @@ from app.api.deps import (
 )
 from app.api.errors import ProblemError, not_found, problems
 from app.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, paginate
-from app.api.routes import ID_PATTERN, AllowRoute, find_owned
-from app.api.schemas import CancelOut, EventList, EventOut, JobCreate, JobOut, Page
-from app.core import jobstate, workers
+from app.api.routes import AllowRoute, canonical_id, find_owned, id_path
+from app.api.schemas import (
+    MAX_TAGS,
+    NAME_PATTERN,
+    TAG_PATTERN,
+    CancelOut,
+    EventList,
+    EventOut,
+    JobCreate,
+    JobOut,
+    Page,
+)
+from app.core import jobstate, retention, workers
 from app.core.db.aio import AsyncReader
-from app.core.db.models import Dataset, Job, JobEvent, Model
+from app.core.db.models import Dataset, Job, JobEvent, JobTag, Model
 from app.core.npz import BadNpz, check_names, sample_count
 from app.core.queue import send_run_job
 from pruning_core.errors import DataError
@@ -47,18 +59,31 @@ ARTIFACT_PATTERN = r"^[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,99}$"
 # An artifact's media type by its suffix; the document lists each of them for the 200.
 ARTIFACT_MEDIA = {".json": "application/json", ".html": "text/html"}
 ARTIFACT_DEFAULT_MEDIA = "application/octet-stream"
-JobIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="job id (32 hex digits)")]
+JobIdPath = id_path("job")
+# Every JobOut field is the jobs column of the same name; the ORM attribute may be named otherwise
+# (metadata_: "metadata" is the declarative base's own).
+_ATTRS = {
+    name: Job.__mapper__.get_property_by_column(Job.__table__.c[name]).key for name in JobOut.model_fields
+}
+# Jobs submitted before these fields existed have NULL there.
+_EMPTY: dict[str, Any] = {"tags": [], "metadata": {}}
 
 
-def job_out(job: Job | sa.Row[Any]) -> JobOut:
-    # a Row of JobOut's columns (the poll) reads the same as the ORM object
-    artifacts = [
-        {"name": name, "size": a["size"], "sha256": a["sha256"], "url": f"/v1/jobs/{job.id}/artifacts/{name}"}
-        for name, a in sorted((job.artifacts or {}).items())
+def job_out(job: Job | Any) -> JobOut:
+    # the ORM object, or a row of JobOut's columns (the poll: a Row, or psycopg's named tuple)
+    if isinstance(job, Job):
+        fields = {name: getattr(job, attr) for name, attr in _ATTRS.items()}
+    else:
+        fields = job._asdict()
+    for name, empty in _EMPTY.items():
+        if fields[name] is None:
+            fields[name] = type(empty)()
+    url = f"/v1/jobs/{fields['id']}/artifacts/"
+    fields["artifacts"] = [
+        {"name": name, "size": a["size"], "sha256": a["sha256"], "url": url + name}
+        for name, a in sorted((fields["artifacts"] or {}).items())
     ]
-    # every other field is the row's attribute of the same name
-    fields = {name: getattr(job, name) for name in JobOut.model_fields if name != "artifacts"}
-    return JobOut(**fields, artifacts=artifacts)  # type: ignore[arg-type]
+    return JobOut(**fields)
 
 
 def _owned_job(session: SessionDep, owner: str, job_id: str) -> Job:
@@ -68,8 +93,13 @@ def _owned_job(session: SessionDep, owner: str, job_id: str) -> Job:
     return job
 
 
-def _request_hash(model_id: str, dataset_id: str | None, spec: dict[str, Any]) -> str:
-    canonical = json.dumps({"model_id": model_id, "dataset_id": dataset_id, "spec": spec}, sort_keys=True)
+def _request_hash(body: JobCreate, dataset_id: str | None, spec: dict[str, Any]) -> str:
+    # of the normalized request: ids in their stored form, the spec with its defaults, tags deduplicated
+    canonical = json.dumps(
+        {"model_id": body.model_id, "dataset_id": dataset_id, "spec": spec,
+         "name": body.name, "tags": body.tags, "metadata": body.metadata},
+        sort_keys=True,
+    )  # fmt: skip
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -95,8 +125,10 @@ def _replay(job: Job, request_hash: str, response: Response) -> JobOut:
     "it). With an `Idempotency-Key` header, the same key and the same body give the same job again; the "
     "same key with another body is a 422. A body larger than `SPA_MAX_SPEC_BYTES` (plus a little for "
     "`model_id`) is a 413; one that is not UTF-8 text or not JSON is a 400; valid JSON that is not a "
-    "valid job is a 422.",
-    responses=problems(400, 401, 403, 404, 413, 422, 503),
+    "valid job is a 422. Ids may be given in the 8-4-4-4-12 UUID form too. `name`, `tags` and `metadata` "
+    "are yours: returned with the job, and `name` and `tags` are filters of the list. A 409 when the "
+    "model or dataset was deleted while the job was being submitted.",
+    responses=problems(400, 401, 403, 404, 409, 413, 422, 503),
 )
 def create_job(
     body: JobCreate,
@@ -110,10 +142,14 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=255, pattern=r"^[\x20-\x7e]*$")] = None,
 ) -> JobOut:
     spec = body.spec.model_dump(mode="json")
-    dataset_id = body.dataset_id or body.spec.calibration.dataset_id
+    cal = spec["calibration"]
+    for key in ("dataset_id", "eval_dataset_id"):  # stored as the worker will look them up
+        if cal.get(key):
+            cal[key] = canonical_id(cal[key]) or cal[key]
+    dataset_id = body.dataset_id or cal.get("dataset_id")
     if dataset_id:
-        spec["calibration"]["dataset_id"] = dataset_id
-    request_hash = _request_hash(body.model_id, dataset_id, spec)
+        cal["dataset_id"] = dataset_id
+    request_hash = _request_hash(body, dataset_id, spec)
     if idempotency_key:
         prior = session.execute(
             sa.select(Job).where(Job.owner_id == owner, Job.idempotency_key == idempotency_key)
@@ -150,10 +186,14 @@ def create_job(
         request_hash=request_hash,
         idempotency_key=idempotency_key,
         queue=queue,
+        name=body.name,
+        tags=body.tags,
+        metadata_=body.metadata,
     )
     session.add(job)
     try:
         session.flush()
+        session.add_all(JobTag(job_id=job.id, tag=tag) for tag in body.tags)
         jobstate.add_event(session, job.id, "state", message=f"queued on {queue}")
         if not workers.live_by_queue(session, settings.heartbeat_stale_s, [queue])[queue]:
             # said, not refused: a worker may be starting; the job runs when one consumes the queue
@@ -164,7 +204,9 @@ def create_job(
         session.rollback()
         prior = session.execute(
             sa.select(Job).where(Job.owner_id == owner, Job.idempotency_key == idempotency_key)
-        ).scalar_one()
+        ).scalar_one_or_none() if idempotency_key else None
+        if prior is None:  # else a foreign key: the model or dataset was deleted meanwhile
+            raise ProblemError(409, "the model or dataset was deleted while the job was submitted") from None
         return _replay(prior, request_hash, response)
     try:
         send_run_job(sender, job.id, queue)
@@ -205,7 +247,12 @@ def _check_evaluation(
 
 
 @router.get(
-    "", response_model=Page[JobOut], summary="List your jobs, newest first", responses=problems(401, 403, 422)
+    "",
+    response_model=Page[JobOut],
+    summary="List your jobs, newest first",
+    description="Filters combine: `state`, `name` (exactly), and `tag` (repeatable: jobs having every "
+    "tag given).",
+    responses=problems(401, 403, 422),
 )
 def list_jobs(
     session: SessionDep,
@@ -215,10 +262,22 @@ def list_jobs(
     state: Annotated[
         str | None, Query(pattern=r"^(queued|running|cancelling|succeeded|failed|cancelled)$")
     ] = None,
+    name: Annotated[
+        str | None, Query(min_length=1, max_length=100, pattern=NAME_PATTERN, description="the job's name")
+    ] = None,
+    # a plain array, not "array or null": no tag is an empty list, and the document says so simply
+    tag: Annotated[
+        list[Annotated[str, StringConstraints(pattern=TAG_PATTERN)]],
+        Query(max_length=MAX_TAGS, description="a tag the jobs have; repeat it for jobs having all of them"),
+    ] = [],  # noqa: B006 (FastAPI copies a parameter's default; never mutated)
 ) -> dict:
     stmt = sa.select(Job).where(Job.owner_id == owner)
     if state:
         stmt = stmt.where(Job.state == state)
+    if name is not None:
+        stmt = stmt.where(Job.name == name)
+    for t in dict.fromkeys(tag):
+        stmt = stmt.where(Job.id.in_(sa.select(JobTag.job_id).where(JobTag.tag == t)))
     items, next_cursor = paginate(session, stmt, Job, limit, cursor)
     return {"items": [job_out(j) for j in items], "next_cursor": next_cursor}
 
@@ -297,6 +356,25 @@ def cancel_job(session: SessionDep, owner: OwnerDep, job_id: JobIdPath, response
         else:
             raise ProblemError(409, f"the job has already finished ({outcome.state})", state=outcome.state)
     return CancelOut(id=job_id, state=outcome.state)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a finished job",
+    description="Its record, events and tags, and the stored artifacts no other job, model or dataset "
+    "shares. 409 while the job is queued, running or cancelling: cancel it first.",
+    responses={204: {"description": "deleted"}, **problems(401, 403, 404, 409, 422)},
+)
+def delete_job(session: SessionDep, store: StoreDep, owner: OwnerDep, job_id: JobIdPath) -> Response:
+    _owned_job(session, owner, job_id)
+    outcome = retention.delete_job(session, store, job_id)
+    if outcome is None:  # deleted meanwhile by another request or the retention sweep
+        raise not_found("job")
+    if outcome != "deleted":
+        raise ProblemError(409, f"the job is {outcome}; cancel it first", state=outcome)
+    return Response(status_code=204)
 
 
 _ARTIFACT_CONTENT = {media: {} for media in (ARTIFACT_DEFAULT_MEDIA, *ARTIFACT_MEDIA.values())}

@@ -1,4 +1,4 @@
-"""/v1/models: upload (streamed to the blob store), list, get, groups.
+"""/v1/models: upload (streamed to the blob store), list, get, groups, delete.
 
 The API never parses a model: it checks the size and cheap magic bytes (and a zip's directory:
 member names, declared sizes, compression ratio), then a worker validates it (state
@@ -11,16 +11,17 @@ from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import OwnerDep, SenderDep, SessionDep, SettingsDep, StoreDep
 from app.api.errors import ProblemError, not_found, problems
 from app.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, paginate
-from app.api.routes import ID_PATTERN, AllowRoute, find_owned
+from app.api.routes import AllowRoute, find_owned, id_path
 from app.api.schemas import GroupsOut, ModelOut, Page
 from app.api.uploads import Upload, commit_new, find_or_publish, multipart_openapi, receive_upload
+from app.core import retention
 from app.core.blobs import release_if_unused
 from app.core.config import Settings
 from app.core.db.models import Model
@@ -161,7 +162,7 @@ def get_owned_model(session: SessionDep, owner: str, model_id: str) -> Model:
     return model
 
 
-ModelIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="model id (32 hex digits)")]
+ModelIdPath = id_path("model")
 
 
 @router.get(
@@ -169,6 +170,22 @@ ModelIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="model id (32 
 )
 def get_model(session: SessionDep, owner: OwnerDep, model_id: ModelIdPath) -> Model:
     return get_owned_model(session, owner, model_id)
+
+
+@router.delete(
+    "/{model_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a model",
+    description="The stored file goes too when no other model or dataset has the same bytes. 409 while "
+    "a job refers to the model: cancel a queued or running one, delete a finished one first.",
+    responses={204: {"description": "deleted"}, **problems(401, 403, 404, 409, 422)},
+)
+def delete_model(session: SessionDep, store: StoreDep, owner: OwnerDep, model_id: ModelIdPath) -> Response:
+    get_owned_model(session, owner, model_id)
+    if (why := retention.delete_upload(session, store, Model, model_id)) is not None:
+        raise ProblemError(409, why)
+    return Response(status_code=204)
 
 
 @router.get(

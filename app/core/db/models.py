@@ -99,6 +99,7 @@ class Job(Base):
         sa.UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         sa.Index("ix_jobs_owner_created", "owner_id", "created_at"),
         sa.Index("ix_jobs_state_heartbeat", "state", "heartbeat_at"),
+        sa.Index("ix_jobs_owner_name", "owner_id", "name"),
     )
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_id)
@@ -131,6 +132,25 @@ class Job(Base):
     # database was away): app.core.sweeper re-sends once, then fails the job with the reason.
     queued_at: Mapped[datetime | None] = mapped_column(default=utcnow)
     resends: Mapped[int] = mapped_column(sa.Integer, default=0)
+    # The submitter's labels (POST /v1/jobs), returned as given; NULL on jobs older than revision
+    # 0004 (answered as none). The tags are also rows of job_tags, which is what filters by them.
+    name: Mapped[str | None] = mapped_column(sa.String(100), default=None)
+    tags: Mapped[list[Any] | None] = mapped_column(default=None)
+    # "metadata" is the declarative base's own attribute: the column keeps the public name.
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", default=None)
+
+
+class JobTag(Base):
+    """One row per tag of a job, for GET /v1/jobs?tag=: membership in a JSON list is written
+    differently on SQLite and PostgreSQL and indexed by neither portably; a plain table is both,
+    with the same query. Tags never change after the submit, so the copy in jobs.tags (what the
+    poll returns from the jobs row alone) cannot drift from these rows."""
+
+    __tablename__ = "job_tags"
+    __table_args__ = (sa.Index("ix_job_tags_tag", "tag", "job_id"),)
+
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
 
 
 class JobEvent(Base):
