@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo zoo bench clean
+.PHONY: install browser test lint demo zoo bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (Python 3.11 is required)" >&2; exit 2; }
@@ -20,7 +20,17 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP)
+# The dashboard tests drive Debian's chromium and chromedriver: installed when missing where
+# apt-get can (root, as on CI); elsewhere the tests say what to install.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium and chromium-driver for the dashboard tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null; \
+	  else echo "warning: no chromium / chromedriver: the dashboard tests will fail (apt-get install chromium chromium-driver)" >&2; fi; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	@# pytest exits 5 when it collects nothing: that must never pass
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \

@@ -155,6 +155,7 @@ def result_table(summary: dict[str, Any]) -> str:
         lines.append(f"verified: max error {summary['verify_max_error']:.3g} vs the original")
     if summary.get("channels_removed") is not None:
         lines.append(f"channels removed: {summary['channels_removed']:,}")
+    lines.extend(f"warning: {w}" for w in summary.get("warnings") or [])
     return "\n".join(lines)
 
 
@@ -315,8 +316,12 @@ def cmd_wait(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = client.get_job(args.job)
+        if job["state"] in ("failed", "cancelled"):  # the job's outcome: exit 1, as status and wait
+            sys.stderr.write(f"spa: job {job['id']} {job['state']}: {job.get('error') or job['state']}; "
+                             "nothing to download\n")
+            return EXIT_JOB_FAILED
         if job["state"] != "succeeded":
-            raise UsageError(f"job {args.job} is {job['state']}; nothing to download")
+            raise UsageError(f"job {args.job} is {job['state']}; nothing to download yet (`spa wait {args.job}` first)")
         for path in client.download(args.job, args.dir, names=args.name or None):
             print(path)
     return EXIT_OK
@@ -424,13 +429,39 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _admin_db(args: argparse.Namespace) -> str:
+    """The admin commands' database, checked first: one that cannot be opened, or that has no
+    tables yet (before `spa db upgrade`), is a sentence, not the driver's exception."""
+    import sqlalchemy as sa
+
+    url = _db_url(args)
+    where = url.split("@")[-1]  # never print a password
+    how = "--data-dir " + str(args.data_dir) if getattr(args, "data_dir", None) else "--database-url URL"
+    db_file = sa.make_url(url).database if url.startswith("sqlite") else None
+    if db_file and db_file != ":memory:" and not Path(db_file).is_file():  # connecting would create it
+        raise UsageError(f"no database at {where} ({db_file} does not exist); run `spa db upgrade {how}` first")
+    try:
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                ready = sa.inspect(conn).has_table("api_keys")
+        finally:
+            engine.dispose()
+    except sa.exc.SQLAlchemyError as e:
+        first = str(getattr(e, "orig", None) or e).strip().splitlines()[0][:200]
+        raise UsageError(f"cannot open the database at {where}: {first}") from None
+    if not ready:
+        raise UsageError(f"the database at {where} has no SPA tables yet; run `spa db upgrade {how}` first")
+    return url
+
+
 def cmd_create_key(args: argparse.Namespace) -> int:
     require_extra("core", "spa admin", CORE_MODULES)
     from app.core.apikeys import create_key
     from app.core.db.session import session_scope
 
     try:
-        with session_scope(_db_url(args)) as session:
+        with session_scope(_admin_db(args)) as session:
             row, plain = create_key(session, args.name)
     except ValueError as e:
         raise UsageError(str(e)) from e
@@ -444,7 +475,7 @@ def cmd_list_keys(args: argparse.Namespace) -> int:
     from app.core.apikeys import list_keys
     from app.core.db.session import session_scope
 
-    with session_scope(_db_url(args)) as session:
+    with session_scope(_admin_db(args)) as session:
         rows = [[k.id, k.name, k.created_at.isoformat(timespec="seconds"),
                  k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-"] for k in list_keys(session)]
     _table(rows, ["ID", "NAME", "CREATED", "REVOKED"])
@@ -457,7 +488,7 @@ def cmd_revoke_key(args: argparse.Namespace) -> int:
     from app.core.db.session import session_scope
 
     try:
-        with session_scope(_db_url(args)) as session:
+        with session_scope(_admin_db(args)) as session:
             row = revoke_key(session, args.key)
             ident, name = row.id, row.name
     except ValueError as e:

@@ -178,7 +178,8 @@ class SpaClient:
             target = dest / Path(art["name"]).name  # the server checks names; never trust a path
             part = target.with_name(target.name + ".part")
             try:
-                with self.http.stream("GET", art["url"]) as response:
+                # a 307 to a presigned S3 URL: httpx drops the Authorization header on another origin
+                with self.http.stream("GET", art["url"], follow_redirects=True) as response:
                     if response.status_code >= 400:
                         response.read()
                         raise SpaError(response.status_code, response.reason_phrase, response.text[:200])

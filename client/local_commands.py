@@ -143,6 +143,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
             shutil.move(str(res.artifacts["report.json"]), args.report)
     if not targets:  # said with the result: an input error stays the one line on stderr
         print(default_target_note(spec.target.model_dump()), file=sys.stderr)
+    for warning in res.report.get("warnings") or []:
+        print(f"spa: warning: {warning}", file=sys.stderr)
     print(format_table(res.report))
     for path in [out, *extra]:
         print(f"wrote {path}")

@@ -34,7 +34,7 @@ from pruning_core.latency_target import meet_latency
 from pruning_core.runtime import data as data_mod
 from pruning_core.runtime import fidelity as fidelity_mod
 from pruning_core.runtime import latency, metrics
-from pruning_core.selection import SelectOptions, candidates, select
+from pruning_core.selection import SelectOptions, candidates, select, unmatched_ignores
 from pruning_core.spec import PruneSpec
 from pruning_core.verify import verify
 
@@ -131,6 +131,11 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
 
     stage("analyze", 0.0, f"{len(g.model.graph.node)} nodes")
     an = analyze_graph(g, spec.attention_heads, spec.approximate)
+    # what the user asked for that has no effect: said in the events, the report and the CLI
+    warnings = [f"ignore pattern {pat!r} matches no tensor of the model's channel groups, so it pins nothing"
+                for pat in unmatched_ignores(an, spec.ignore)]
+    for w in warnings:
+        stage("analyze", 1.0, f"warning: {w}")
     done("analyze")
 
     # the criterion and recovery see calib only; fidelity is measured on the held-out split
@@ -232,6 +237,7 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
         artifacts.update(src.artifacts(an, removed, _full(pruned), out, spec))
     report = _report(g, an, removed, scores, spec, figures, verify_rep, timings)
     report["source"] = {"kind": src.kind, "name": Path(src.original).name}
+    report["warnings"] = warnings
     if ctx.cache.get("stats"):  # e.g. OBSPA: the largest Hessian built
         report["criterion_stats"] = ctx.cache["stats"]
     rep_path = out / "report.json"
@@ -244,6 +250,8 @@ def _prune(model: str | os.PathLike[str], spec: PruneSpec, out: Path, tmp: Path,
     summary["efficiency"] = report["latency_ms"]["efficiency"]
     summary["verify_max_error"] = verify_rep.get("max_error")
     summary["channels_removed"] = int(removed.sum())
+    if warnings:
+        summary["warnings"] = warnings
     artifacts["report.json"] = rep_path
     from pruning_core.ir import provenance  # spa.* metadata_props: version, spec, source hash, figures
 

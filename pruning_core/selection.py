@@ -58,6 +58,13 @@ class SelectOptions:
                    step if auto else int(spec.round_to), tuple(spec.ignore), auto, table)
 
 
+def unmatched_ignores(an: Analysis, ignore: Sequence[str]) -> list[str]:
+    """The ``ignore`` patterns that match no tensor of any group: a typo pins nothing, and the
+    user should hear so rather than find the layer pruned."""
+    tensors = {p.tensor for g in an.groups for p in g.places}
+    return [pat for pat in ignore if not any(fnmatch.fnmatch(t, pat) for t in tensors)]
+
+
 def candidates(an: Analysis, ignore: Sequence[str]) -> list[Group]:
     def ignored(grp: Group) -> bool:
         return any(fnmatch.fnmatch(p.tensor, pat) for p in grp.places for pat in ignore)

@@ -124,6 +124,10 @@ def _timings(r: dict[str, Any]) -> str:
     return f"<table><tr><th>stage</th><th>time</th><th></th></tr>{rows}</table>"
 
 
+def _warnings(r: dict[str, Any]) -> str:
+    return "".join(f"<p class='bad'>warning: {escape(str(w))}</p>" for w in r.get("warnings") or [])
+
+
 def render(report: dict[str, Any], title: str = "pruning report") -> str:
     spec = report.get("spec") or {}
     target = {k: v for k, v in (spec.get("target") or {}).items() if v is not None}
@@ -133,6 +137,6 @@ def render(report: dict[str, Any], title: str = "pruning report") -> str:
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width,initial-scale=1'>"
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
-            f"<h1>{escape(title)}</h1>{head}<h2>Summary</h2>{_summary(report)}"
+            f"<h1>{escape(title)}</h1>{head}{_warnings(report)}<h2>Summary</h2>{_summary(report)}"
             f"<h2>Channels per group</h2>{_groups(report)}<h2>Layers</h2>{_layers(report)}"
             f"<h2>Stage timings</h2>{_timings(report)}</body></html>")

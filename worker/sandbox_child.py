@@ -123,20 +123,31 @@ def execute(request: dict[str, Any], root: Path, progress: Progress | None = Non
 
 class PipeProgress:
     """The progress callback of the child: JSON lines to the parent, a stage change always, else
-    at most a few per second (AutoBot reports a message per step: thousands of events otherwise)."""
+    at most a few per second (AutoBot reports a message per step: thousands of events otherwise).
+    A warning is never dropped, and a stage's last dropped message goes out before the next line
+    (AutoBot's final loss, the step count the job page shows)."""
 
     MIN_INTERVAL_S = 0.2
 
     def __init__(self, fd: int) -> None:
         self.fd, self.stage, self.last = fd, None, 0.0
+        self.pending: bytes | None = None
 
     def __call__(self, stage: str, fraction: float, message: str | None = None) -> None:
         now = time.monotonic()
-        if stage == self.stage and now - self.last < self.MIN_INTERVAL_S:
+        line = (json.dumps({"stage": stage, "fraction": float(fraction), "message": message}) + "\n").encode()
+        warning = message is not None and message.startswith("warning:")
+        if stage == self.stage and now - self.last < self.MIN_INTERVAL_S and not warning:
+            if message:
+                self.pending = line
             return
+        if self.pending is not None:
+            self._write(self.pending)
+            self.pending = None
         self.stage, self.last = stage, now
-        line = json.dumps({"stage": stage, "fraction": float(fraction), "message": message}) + "\n"
-        data = line.encode()
+        self._write(line)
+
+    def _write(self, data: bytes) -> None:
         while data:
             data = data[os.write(self.fd, data):]
 

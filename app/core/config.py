@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None  # MinIO / moto; None -> AWS
     s3_region: str = "us-east-1"
     s3_prefix: str = ""
+    # S3 only: > 0 answers an artifact GET with a 307 to a URL presigned for this many seconds, so
+    # the bytes go from the bucket to the client instead of through the API; 0 streams them.
+    s3_presign_ttl_s: int = Field(0, ge=0, le=7 * 24 * 3600)
+    # where clients reach the bucket, when that differs from the API's endpoint (MinIO in compose)
+    s3_public_endpoint_url: str | None = None
 
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)  # 2 GiB; 413 above
     auth_disabled: bool = False  # only honoured for loopback clients (see app/api/deps.py)

@@ -84,6 +84,10 @@ class BlobStore(Protocol):
 
     def delete(self, sha256: str) -> None: ...
 
+    def presigned_url(self, sha256: str, filename: str, media_type: str) -> str | None:
+        """A time-limited URL the client fetches the bytes from itself; None: stream them."""
+        return None
+
     def check(self) -> None:
         """Raise when the store is not usable (readiness probe)."""
 
@@ -146,7 +150,8 @@ class LocalStore(BlobStore):
 
 class S3Store(BlobStore):
     def __init__(
-        self, bucket: str, *, endpoint_url: str | None, region: str, prefix: str, staging_dir: Path
+        self, bucket: str, *, endpoint_url: str | None, region: str, prefix: str, staging_dir: Path,
+        presign_ttl_s: int = 0, public_endpoint_url: str | None = None,
     ) -> None:
         import boto3  # only needed in S3 deployments
         from botocore.config import Config
@@ -154,11 +159,14 @@ class S3Store(BlobStore):
         self.bucket = bucket
         self.prefix = prefix
         self.staging_dir = staging_dir
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, s3={"addressing_style": "path"}),
+        config = Config(retries={"max_attempts": 3, "mode": "standard"}, s3={"addressing_style": "path"})
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        self.presign_ttl_s = presign_ttl_s
+        # A signature covers the host: URLs for clients are signed for the endpoint they reach
+        # (SigV4, which every region and MinIO accept; boto3 may default presigning to SigV2).
+        self.signer = boto3.client(
+            "s3", endpoint_url=public_endpoint_url or endpoint_url, region_name=region,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
         )
 
     def _key(self, sha256: str) -> str:
@@ -204,6 +212,17 @@ class S3Store(BlobStore):
         finally:
             body.close()
 
+    def presigned_url(self, sha256: str, filename: str, media_type: str) -> str | None:
+        if self.presign_ttl_s <= 0:
+            return None
+        # signing is local (no request); the bucket answers with the API's own name and media type
+        return self.signer.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._key(sha256), "ResponseContentType": media_type,
+                    "ResponseContentDisposition": f'attachment; filename="{filename}"'},
+            ExpiresIn=self.presign_ttl_s,
+        )
+
     def delete(self, sha256: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(sha256))
 
@@ -220,5 +239,7 @@ def make_store(settings: Settings) -> BlobStore:
             region=settings.s3_region,
             prefix=settings.s3_prefix,
             staging_dir=settings.data_dir / "staging",
+            presign_ttl_s=settings.s3_presign_ttl_s,
+            public_endpoint_url=settings.s3_public_endpoint_url,
         )
     return LocalStore(settings.storage_dir)

@@ -102,3 +102,31 @@ def test_cli_zip_extraction_has_the_service_limits(
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists() and not (tmp_path / "evil.onnx").exists() and not Path("/abs/model.onnx").exists()
+
+
+def test_an_ignore_pattern_that_matches_nothing_is_said(mixnet_onnx: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """A typo in --ignore pins nothing: the prune goes on, and stderr, report.json and the events
+    say which pattern matched no tensor; a pattern that matches is not warned about."""
+    from pruning_core.api import analyze
+
+    first = analyze(mixnet_onnx)["groups"][0]["places"][0]["tensor"]
+    out, rep = tmp_path / "out.onnx", tmp_path / "r.json"
+    args = ["prune", str(mixnet_onnx), "-o", str(out), "--flops", "0.3", "--report", str(rep),
+            "--ignore", "no_such_layer*", "--ignore", first]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "spa: warning: ignore pattern 'no_such_layer*' matches no tensor" in err
+    assert repr(first) not in err
+    warnings = json.loads(rep.read_text())["warnings"]
+    assert len(warnings) == 1 and "no_such_layer*" in warnings[0]
+
+    from pruning_core.api import prune
+
+    events: list[str] = []
+    res = prune(mixnet_onnx, {"target": {"flops": 0.3}, "ignore": ["zz*"], "measure": False}, tmp_path / "o2",
+                progress=lambda stage, frac, msg: events.append(msg or ""))
+    assert res.summary["warnings"] == res.report["warnings"] and "'zz*'" in res.report["warnings"][0]
+    assert any(m.startswith("warning: ignore pattern 'zz*'") for m in events)
+    clean = prune(mixnet_onnx, {"target": {"flops": 0.3}, "measure": False}, tmp_path / "o3")
+    assert clean.report["warnings"] == [] and "warnings" not in clean.summary

@@ -431,10 +431,27 @@ def test_metrics_public_when_the_operator_says_so(settings: Settings) -> None:
     assert r.status_code == 200 and "spa_http_requests_total" in r.text
 
 
-def test_dashboard_page(api: Any) -> None:
-    r = api.get("/")
-    assert r.status_code == 200 and "SPA service" in r.text
-    assert api.get("/static/dashboard.js").status_code == 200
+def test_dashboard_pages(api: Any) -> None:
+    """The dashboard's shells need no key (they hold no data) and carry a CSP that admits only this
+    origin's scripts; ids in either form open a page, anything else is a 404 page; only the
+    dashboard's own files are served. The pages themselves run in Chromium in test_dashboard_browser."""
+    jid = "ab" * 16
+    for path in ("/", f"/jobs/{jid}", f"/models/{jid}", "/jobs/ABABABAB-abab-abab-abab-abababababab"):
+        r = api.get(path)
+        assert r.status_code == 200 and "SPA service" in r.text, path
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+        assert "<script>" not in r.text  # no inline script: the CSP would refuse it
+    assert f'data-job-id="{jid}"' in api.get("/jobs/ABABABAB-abab-abab-abab-abababababab").text
+    missing = api.get("/jobs/%3Cimg%20src=x%20onerror=alert(1)%3E")
+    assert missing.status_code == 404 and "not a job id" in missing.text
+    assert "<img" not in missing.text and "&lt;img src=x onerror=alert(1)&gt;" in missing.text
+    for name, media in (("dashboard.js", "text/javascript"), ("job.js", "text/javascript"),
+                        ("common.js", "text/javascript"), ("style.css", "text/css")):
+        r = api.get(f"/static/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith(media), name
+    for bad in ("../pages.py", "..%2Fpages.py", "pages.py", "index.html"):
+        assert api.get(f"/static/{bad}").status_code == 404, bad
 
 
 def test_pytorch_uploads_can_be_refused(backend: Any, auth: dict[str, str]) -> None:

@@ -133,11 +133,19 @@ def test_failed_job_exit_1(
     last = out.strip().splitlines()[-1]
     assert code == 1 and "reachable" in err and " state " in last and "reachable" in last
     code, _, err = run(["download", job_id, str(tmp_path)], capsys)
-    assert code == 2 and "nothing to download" in err
+    assert code == 1 and "nothing to download" in err and "reachable" in err  # exit 1: the job failed
 
 
 def test_admin_create_key_and_db_upgrade(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'admin.db'}"
+    # before `spa db upgrade`: a sentence that says to run it, no driver exception, no file made
+    code, out, err = run(["admin", "create-key", "ci-bot", "--database-url", url], capsys)
+    assert code == 2 and "spa db upgrade" in err and "OperationalError" not in err and not out
+    assert not (tmp_path / "admin.db").exists()
+    empty = tmp_path / "empty.db"
+    sa.create_engine(f"sqlite:///{empty}").connect().close()  # a database without our tables
+    code, _, err = run(["admin", "keys", "list", "--database-url", f"sqlite:///{empty}"], capsys)
+    assert code == 2 and "has no SPA tables yet" in err and "Traceback" not in err
     code, _, err = run(["db", "upgrade", "--database-url", url], capsys)
     assert code == 0, err
     code, out, err = run(["admin", "create-key", "ci-bot", "--database-url", url], capsys)

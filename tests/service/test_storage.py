@@ -122,3 +122,92 @@ def test_api_on_s3(
         problem(upload(api, auth, big), 413)
         assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])] == keys
     assert isinstance(make_store(Settings(**{**settings.model_dump(), "storage": "local"})), LocalStore)
+
+
+def test_artifacts_come_from_the_bucket_with_presigned_urls(
+    s3_endpoint: str, backend: Any, new_key: Any, zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    """SPA_S3_PRESIGN_TTL_S > 0: a GET of an artifact is a 307 to a presigned URL (the bytes never
+    pass through the API); the bucket serves them with the API's name and media type and honours a
+    Range; HEAD and ?redirect=false still answer from the API; the Python client follows, and
+    does not send its API key to the bucket."""
+    import httpx
+    import sqlalchemy as sa
+
+    from app.core.db.models import Job
+    from app.core.db.session import session_scope
+    from client.http import SpaClient
+
+    bucket = f"spa-presign-{os.urandom(4).hex()}"
+    _bucket(s3_endpoint, bucket)
+    settings = backend.settings("idle", storage="s3", s3_bucket=bucket, s3_endpoint_url=s3_endpoint,
+                                s3_presign_ttl_s=300)
+    auth = new_key("presign-user")
+    data = os.urandom(200_000)
+    sha = hashlib.sha256(data).hexdigest()
+    (tmp_path / "a").write_bytes(data)
+    make_store(settings).put_file(tmp_path / "a", sha)
+    with make_client(settings) as api:
+        mid = upload(api, auth, zoo["tiny"]).json()["id"]
+        job = api.post("/v1/jobs", headers=auth, json={"model_id": mid, "spec": {"target": {"flops": 0.3}}}).json()
+        with session_scope(settings.database_url) as s:
+            s.execute(sa.update(Job).where(Job.id == job["id"]).values(
+                state="succeeded", artifacts={"pruned.onnx": {"sha256": sha, "size": len(data)},
+                                              "report.json": {"sha256": sha, "size": len(data)}}))  # fmt: skip
+        url = f"/v1/jobs/{job['id']}/artifacts/pruned.onnx"
+        r = api.get(url, headers=auth, follow_redirects=False)
+        assert r.status_code == 307 and r.content == b"", (r.status_code, r.text[:200])
+        location = r.headers["location"]
+        assert location.startswith(f"{s3_endpoint}/{bucket}/sha256/")
+        assert "X-Amz-Signature=" in location and "X-Amz-Expires=300" in location
+        assert r.headers["etag"] == f'"{sha}"'
+        assert api.get(url, follow_redirects=False).status_code == 401  # no key, no URL
+
+        got = httpx.get(location, timeout=30)
+        assert got.status_code == 200 and got.content == data
+        assert got.headers["content-type"] == "application/octet-stream"
+        assert got.headers["content-disposition"] == 'attachment; filename="pruned.onnx"'
+        part = httpx.get(location, headers={"Range": "bytes=100-199"}, timeout=30)
+        assert part.status_code == 206 and part.content == data[100:200]
+        report = api.get(f"/v1/jobs/{job['id']}/artifacts/report.json", headers=auth, follow_redirects=False)
+        assert "response-content-type=application%2Fjson" in report.headers["location"]
+
+        head = api.head(url, headers=auth)
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
+        streamed = api.get(url + "?redirect=false", headers=auth)
+        assert streamed.status_code == 200 and streamed.content == data
+        assert api.get(url, headers={**auth, "If-None-Match": f'"{sha}"'}, follow_redirects=False).status_code == 304
+
+        # the client follows the 307; httpx strips Authorization when the origin changes
+        sent: list[httpx.Request] = []
+        transport = httpx.HTTPTransport()
+
+        class Recording(httpx.BaseTransport):
+            def handle_request(self, request: httpx.Request) -> httpx.Response:
+                sent.append(request)
+                if request.url.host == "testserver":
+                    r = api.request(request.method, str(request.url), headers=dict(request.headers),
+                                    follow_redirects=False)
+                    return httpx.Response(r.status_code, headers=r.headers, content=r.content)
+                return transport.handle_request(request)
+
+        with SpaClient("http://testserver", auth["Authorization"].split()[1],
+                       http=httpx.Client(base_url="http://testserver", transport=Recording())) as client:
+            [path] = client.download(job["id"], tmp_path / "out", names=["pruned.onnx"])
+        assert path.read_bytes() == data
+        to_bucket = [q for q in sent if q.url.host != "testserver"]
+        assert to_bucket and all("authorization" not in q.headers for q in to_bucket)
+    # the streaming default is unchanged
+    with make_client(backend.settings("idle", storage="s3", s3_bucket=bucket, s3_endpoint_url=s3_endpoint)) as api:
+        assert api.get(url, headers=auth, follow_redirects=False).status_code == 200
+
+
+def test_presigned_urls_name_the_public_endpoint(s3_endpoint: str, tmp_path: Path) -> None:
+    """Behind compose the API reaches MinIO as http://minio:9000, clients another way: the URL is
+    signed for SPA_S3_PUBLIC_ENDPOINT_URL; with presigning off there is no URL at all."""
+    common = {"endpoint_url": s3_endpoint, "region": "us-east-1", "prefix": "", "staging_dir": tmp_path}
+    public = S3Store("b", presign_ttl_s=60, public_endpoint_url="https://files.example.test", **common)
+    url = public.presigned_url("a" * 64, "pruned.onnx", "application/octet-stream")
+    assert url is not None and url.startswith(f"https://files.example.test/b/{blob_key('a' * 64)}?")
+    assert S3Store("b", **common).presigned_url("a" * 64, "x", "y") is None
+    assert LocalStore(tmp_path / "blobs").presigned_url("a" * 64, "x", "y") is None

@@ -353,3 +353,24 @@ def test_json_log_lines_carry_the_subject() -> None:
     first, second = (json.loads(line) for line in handler.stream.getvalue().splitlines())
     assert first["job"] == "abc123" and first["message"] == "stage verify" and first["level"] == "WARNING"
     assert "job" not in second and second["message"] == "outside"
+
+
+def test_an_ignore_pattern_that_matches_nothing_is_said_by_the_job(
+    live: Any, auth: dict[str, str], zoo: dict[str, Path]
+) -> None:
+    """The warning crosses the sandbox (its progress pipe throttles messages, never a warning)
+    into the job's events, its summary (the CLI's result table) and report.html."""
+    model = ready_model(live, auth, zoo["tiny"])
+    spec = {**SPEC, "ignore": ["no_such_layer*"]}
+    job = wait_job(live, auth, live.post("/v1/jobs", headers=auth, json={"model_id": model["id"], "spec": spec}).json()["id"])
+    assert job["state"] == "succeeded", job
+    warning = "ignore pattern 'no_such_layer*' matches no tensor of the model's channel groups"
+    assert any(warning in w for w in job["summary"]["warnings"])
+    events = live.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()["items"]
+    assert any((e["message"] or "").startswith("warning: " + warning) for e in events)
+    html = live.get(f"/v1/jobs/{job['id']}/artifacts/report.html", headers=auth).text
+    assert "warning: ignore pattern &#x27;no_such_layer*&#x27;" in html
+
+    from client.cli import result_table
+
+    assert "warning: " + warning in result_table(job["summary"])

@@ -405,6 +405,8 @@ _NOT_MODIFIED = {"description": "not modified: the If-None-Match ETag is the art
         },
         206: {"content": _ARTIFACT_CONTENT, "description": "the requested byte range (Content-Range says which)"},
         304: _NOT_MODIFIED,
+        307: {"description": "S3 with SPA_S3_PRESIGN_TTL_S > 0: Location is a presigned URL of the bytes",
+              "headers": {"Location": {"schema": {"type": "string"}, "description": "the presigned URL"}}},
         **problems(401, 403, 404, 416, 422),
     },
 )
@@ -415,6 +417,10 @@ def download_artifact(
     owner: OwnerDep,
     job_id: JobIdPath,
     name: Annotated[str, Path(pattern=ARTIFACT_PATTERN)],
+    redirect: Annotated[bool, Query(
+        description="where the server has presigned S3 URLs (SPA_S3_PRESIGN_TTL_S): true answers a GET "
+        "with a 307 to one, false streams the bytes through the API (a browser's fetch from another "
+        "origin would need the bucket's CORS)")] = True,
 ) -> Response:
     job = _owned_job(session, owner, job_id)
     art = (job.artifacts or {}).get(name)
@@ -434,6 +440,10 @@ def download_artifact(
         headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media)
+    if redirect and (url := store.presigned_url(art["sha256"], name, media)) is not None:
+        # the bucket serves the bytes (and the Range the client sends again); the API only decided
+        # who may have them. A client drops its Authorization header on the way (another origin).
+        return Response(status_code=307, headers={"Location": url, "ETag": etag, "Cache-Control": "no-store"})
     return StreamingResponse(
         store.iter_bytes(art["sha256"], start, length if span else None),
         status_code=status, media_type=media, headers=headers,
