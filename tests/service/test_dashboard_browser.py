@@ -159,6 +159,16 @@ def test_upload_submit_watch_and_download(browser: Any, live_server: str, tenant
     assert json.loads(target.read_text())["macs"] == report["macs"]
     assert not js_errors(d), js_errors(d)
 
+    # report.html, downloaded the same way, opens from disk with nothing to fetch
+    d.find_element(By.CSS_SELECTOR, 'a[data-artifact="report.html"]').click()
+    page = downloads / "report.html"
+    wait_for(lambda: page.exists() and page.stat().st_size > 0, 20, what="the downloaded report.html")
+    d.get(page.as_uri())
+    assert "Summary" in text_of(d, "body") and f"{report['macs']['after']:,}" in text_of(d, "body")
+    fetched = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert fetched == [], fetched  # no script, style, font or image from anywhere
+    shot(d, "report-html")
+
     # back on the list: the job is there with its name and figures, linked
     d.get(base + "/")
     until(d, lambda d: d.find_elements(By.CSS_SELECTOR, f'#jobs tr[data-job="{job_id}"]'), 20, "the job row")
