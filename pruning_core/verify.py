@@ -6,7 +6,9 @@ tolerance * max(1, max |output|), ``TOL`` for float32 graphs. A graph that compu
 bfloat16 rounds every sum it changes the length of (a narrower MatMul accumulates in another
 order): its tolerance is ``ULPS`` units of its precision (float16: 8 x 2^-10), so fp16 / bf16
 models can be pruned and a wrong cut (errors of the output's own size) is still caught.
-Approximate groups (normalization statistics change) are measured separately."""
+Approximate groups (normalization statistics change) are measured separately. A recurrent op's
+hidden units have no tensor to mask: the masked original zeroes their gate rows instead
+(``Analysis.zeroed``), which keeps them at 0 exactly as removal does."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from pruning_core.analysis.groups import Analysis
+from pruning_core.ir import weights
 from pruning_core.ir.weights import LightModel
 from pruning_core.runtime import metrics
 
@@ -66,7 +69,19 @@ def masked_model(an: Analysis, removed: np.ndarray) -> LightModel:
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     del m.graph.value_info[:]
-    return LightModel(m, an.graph.inits)
+    arrays = an.graph.inits
+    protos = {t.name: t for t in m.graph.initializer}
+    for init, axis in an.zeroed:  # recurrent gate rows (analysis.rules.recurrent): zeroed, not masked
+        for ax, owner in an.param_owner.get(init, []):
+            keep = (owner < 0) | ~removed[np.maximum(owner, 0)]
+            if ax == axis and not keep.all():
+                arrays = dict(arrays) if arrays is an.graph.inits else arrays
+                shape = [1] * arrays[init].ndim
+                shape[ax] = len(keep)
+                arrays[init] = arrays[init] * keep.reshape(shape).astype(arrays[init].dtype)
+                if not weights.is_stub(protos[init]):  # a small weight lives in the proto itself
+                    protos[init].CopyFrom(numpy_helper.from_array(arrays[init], init))
+    return LightModel(m, arrays)
 
 
 def verify(an: Analysis, removed: np.ndarray, pruned, inputs: dict[str, np.ndarray]) -> dict:

@@ -75,6 +75,7 @@ class Analysis:
     views: dict[str, tuple[str, tuple[int | None, ...]]]
     consumer_inputs: list[tuple[str, int, str]]
     group_of: np.ndarray                                  # cid -> group id
+    zeroed: list[tuple[str, int]] = field(default_factory=list)  # LabelCtx.zeroed: masked by weight
 
     # ------------------------------------------------------------------ shapes after pruning
 
@@ -344,4 +345,4 @@ def analyze(g: Graph, attention_heads: str = "auto", approximate: bool = False) 
     for grp in groups:
         group_of[grp.channels] = grp.id
     return Analysis(g, groups, next_cid, act_owner, param_owner, dict(ctx.views), ctx.consumer_inputs,
-                    group_of)
+                    group_of, list(dict.fromkeys(ctx.zeroed)))

@@ -121,6 +121,9 @@ class LabelCtx:
     consumer_inputs: list[tuple[str, int, str]] = field(default_factory=list)  # node, input idx, tensor
     current: str = ""                                       # node whose rule runs now
     param_uses: set[tuple[str, str]] = field(default_factory=set)  # (node, tensor) sliced knowingly
+    # (initializer, axis) whose removed positions the masked original zeroes: the gate rows of a
+    # recurrent op, whose hidden state never passes through a tensor a mask could zero
+    zeroed: list[tuple[str, int]] = field(default_factory=list)
 
     # ---------------------------------------------------------------- tensors
 
@@ -274,6 +277,13 @@ class LabelCtx:
         vals = vals[vals >= 0]
         if vals.size:
             self.approx.append(Mark(vals, reason))
+
+    def zero_rows(self, places: list[tuple[str, int]]) -> None:
+        """Verification zeroes the removed positions of these parameter axes (views resolved)."""
+        for name, axis in places:
+            v = self.view(name)
+            if v is not None and v[1][axis % len(v[1])] is not None:
+                self.zeroed.append((v[0], v[1][axis % len(v[1])]))  # type: ignore[arg-type]
 
     def consumer(self, node: NodeProto, index: int) -> None:
         """Verification masks this input of ``node`` (removed channels zeroed before it)."""

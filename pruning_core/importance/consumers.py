@@ -107,14 +107,30 @@ def _param(an: Analysis, name: str) -> tuple[str, Callable, Callable] | None:
     return init, to_view, to_init
 
 
+def _plain(an: Analysis, name: str) -> str | None:
+    """The initializer behind ``name``: itself, or a view that keeps its layout (the
+    DequantizeLinear of a QDQ weight, an Identity): its values are read and refit through
+    ``ir.quant`` (dequantized, then requantized)."""
+    g = an.graph
+    if name in g.inits:
+        return name
+    v = an.views.get(name)
+    if v is None:
+        return None
+    init, amap = v
+    if tuple(amap) != tuple(range(g.inits[init].ndim)) or tuple(g.inits[init].shape) != tuple(g.shape(name)):
+        return None
+    return init
+
+
 def _bias_of_matmul(an: Analysis, node: NodeProto, n_out: int) -> str | None:
     """The [N] initializer of the Add that follows a Linear's MatMul (exporters split Linear)."""
     users = an.graph.consumers.get(node.output[0], [])
     if len(users) != 1 or users[0][0].op_type != "Add":
         return None
     add = users[0][0]
-    other = add.input[1 - users[0][1]]
-    b = an.graph.inits.get(other)
+    other = _plain(an, add.input[1 - users[0][1]])
+    b = an.graph.inits.get(other) if other else None
     return other if b is not None and b.ndim == 1 and b.shape[0] == n_out else None
 
 
@@ -185,8 +201,7 @@ def _consumer(an: Analysis, node: NodeProto, idx: int, tensor: str, max_cols: in
     op = node.op_type
     x_shape = g.shape(tensor)
     bias = None
-    if op == "Conv" and idx == 0 and node.input[1] in g.inits:
-        init = node.input[1]
+    if op == "Conv" and idx == 0 and (init := _plain(an, node.input[1])) is not None:
         w_shape = g.inits[init].shape
         own = owner_along(an, tensor, 1)
         uf = conv_unfold(node, x_shape, w_shape)
@@ -209,8 +224,8 @@ def _consumer(an: Analysis, node: NodeProto, idx: int, tensor: str, max_cols: in
             xc = np.arange(gi * cg * k, (gi + 1) * cg * k)
             blocks += _blocks(tensor, sig, np.arange(gi * og, (gi + 1) * og), xc,
                               np.arange(cg * k), col_owner[xc], max_cols)
-        if len(node.input) > 2 and node.input[2] in g.inits:
-            bias = node.input[2]
+        if len(node.input) > 2 and node.input[2]:
+            bias = _plain(an, node.input[2])
         return Consumer(node.name, tensor, init, get, put, rows, sig, blocks, bias)
     if op == "Gemm" and idx == 0:
         p = _param(an, node.input[1])
@@ -231,9 +246,9 @@ def _consumer(an: Analysis, node: NodeProto, idx: int, tensor: str, max_cols: in
             return to_init(m if tb else m.T)
 
         n_out = g.shape(node.input[1])[0 if tb else 1]
-        if len(node.input) > 2 and node.input[2] in g.inits and g.inits[node.input[2]].size == n_out \
-                and g.inits[node.input[2]].ndim == 1:
-            bias = node.input[2]
+        b = _plain(an, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if b is not None and g.inits[b].size == n_out and g.inits[b].ndim == 1:
+            bias = b
         key = ("dense", axis)
     elif op == "MatMul":
         p = _param(an, node.input[1 - idx])

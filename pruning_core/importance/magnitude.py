@@ -6,13 +6,14 @@ import numpy as np
 
 from pruning_core.analysis.groups import Group
 from pruning_core.importance.registry import ScoreContext, register
+from pruning_core.ir.quant import float_value
 
 
 def _per_index(ctx: ScoreContext, tensor: str, axis: int, p: int) -> np.ndarray:
     """sum |w|^p over all axes but ``axis``; cached: a weight is a place of two groups (rows, columns)."""
     key = f"magnitude:{tensor}:{axis}:{p}"
     if key not in ctx.cache:
-        ctx.cache[key] = _abs_pow_sum(ctx.analysis.graph.inits[tensor], axis, p)
+        ctx.cache[key] = _abs_pow_sum(float_value(ctx.analysis.graph, tensor), axis, p)
     return ctx.cache[key]
 
 

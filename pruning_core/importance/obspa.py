@@ -48,6 +48,7 @@ from pruning_core.importance.consumers import Block, Consumer, ConsumerPlan, Pro
 from pruning_core.importance.magnitude import _place_norms
 from pruning_core.importance.registry import ScoreContext, register
 from pruning_core.importance.unfold import sample
+from pruning_core.ir.quant import float_value, to_stored
 from pruning_core.runtime import calibration
 
 __all__ = ["Block", "Consumer", "ConsumerPlan", "Product", "Stack", "collect", "plan"]
@@ -285,8 +286,8 @@ def _slices(n: int, per: int) -> list[slice]:
 def _weights(ctx: ScoreContext, c: Consumer) -> tuple[np.ndarray, np.ndarray | None]:
     """The consumer's weight matrix [O, K] and bias [O] (None), float64 copies."""
     g = ctx.analysis.graph
-    w = np.array(c.get(g.inits[c.init].astype(np.float64)))
-    return w, (g.inits[c.bias].astype(np.float64).reshape(-1).copy() if c.bias is not None else None)
+    w = np.array(c.get(float_value(g, c.init).astype(np.float64)))
+    return w, (float_value(g, c.bias).astype(np.float64).reshape(-1).copy() if c.bias is not None else None)
 
 
 def _wstack(w: np.ndarray, bias: np.ndarray | None, s: Stack) -> np.ndarray:
@@ -433,11 +434,13 @@ def _narrow(an: Analysis, removed: np.ndarray, arrays: dict[str, np.ndarray]) ->
     consumer as they come: float64 full-size copies of every weight would be 4x the model)."""
     out = {}
     for name, arr in arrays.items():
+        kept: dict[int, np.ndarray] = {}
         for ax, owner in an.param_owner.get(name, []):
             keep = np.nonzero((owner < 0) | ~removed[np.maximum(owner, 0)])[0]
             if len(keep) != arr.shape[ax]:
                 arr = np.take(arr, keep, axis=ax)
-        out[name] = np.ascontiguousarray(arr.astype(an.graph.inits[name].dtype))
+                kept[ax] = keep
+        out[name] = to_stored(an.graph, name, arr, kept)  # a QDQ weight: requantized, its scale kept
     return out
 
 

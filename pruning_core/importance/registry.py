@@ -34,7 +34,10 @@ class ScoreContext:
     cache: dict[str, Any] = field(default_factory=dict)
 
     def weight(self, place) -> np.ndarray:
-        return self.analysis.graph.inits[place.tensor]
+        """The place's values as the model computes with them (a QDQ weight dequantized)."""
+        from pruning_core.ir.quant import float_value
+
+        return float_value(self.analysis.graph, place.tensor)
 
     def batches(self, progress: Callable[[float], None] | None = None) -> list[Batch]:
         """The calibration batches of this scoring run (``calibration.cached``: built once, the

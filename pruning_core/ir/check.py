@@ -22,9 +22,10 @@ from pruning_core.errors import ModelLoadError, UnsupportedOpError, describe
 from pruning_core.ir import runtime_shapes, weights
 
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
-# Ops of quantized graphs (ONNX and onnxruntime's contrib domain): QDQ pairs, integer kernels,
-# QOperator kernels. Channel rules for them are not written yet.
-QUANTIZED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+# Integer kernels of quantized graphs (ONNX and onnxruntime's contrib domain): dynamic and
+# QOperator forms. QDQ graphs (QuantizeLinear / DequantizeLinear around float ops) are pruned
+# through (analysis.rules.quantize); these have no channel rules.
+QUANTIZED = {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
              "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
              "QGemm", "QAttention", "QOrderedMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat",
              "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool",
@@ -128,8 +129,9 @@ def refuse_quantized(m: ModelProto) -> None:
             ops[n.op_type] = n.name
     if ops:
         shown = ", ".join(f"{op} (node {name!r})" for op, name in list(ops.items())[:4])
-        raise UnsupportedOpError(f"the model is quantized ({shown}{', ...' if len(ops) > 4 else ''}); pruning "
-                                 "quantized graphs is not supported: prune the float model, then quantize the result")
+        raise UnsupportedOpError(f"the model is quantized with integer kernels ({shown}{', ...' if len(ops) > 4 else ''}); "
+                                 "pruning through them is not supported: prune the float model (or its QDQ form, "
+                                 "QuantizeLinear / DequantizeLinear around float ops), then quantize the result")
 
 
 def implicit_inputs(node: onnx.NodeProto) -> list[str]:

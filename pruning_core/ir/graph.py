@@ -27,7 +27,9 @@ FOLD_MAX_WEIGHT_IN = 4096
 FOLD_MAX_OUT = 1 << 22
 # Ops whose output depends on more than their inputs: never fold.
 NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-           "Bernoulli", "If", "Loop", "Scan"}
+           "Bernoulli", "If", "Loop", "Scan",
+           # a folded DequantizeLinear(W) would ship its weight as float: the model keeps its QDQ form
+           "DequantizeLinear", "QuantizeLinear"}
 
 
 class ShapeUnknownError(ModelLoadError, KeyError):
@@ -70,6 +72,8 @@ class Graph:
     shape_note: str | None = None
     # ir.signature's symbols of this graph (with their probes), made once: every restore reuses them
     signature_symbols: list[Any] | None = field(default=None, repr=False)
+    # ir.quant's scales and zero points of QDQ weights, found once
+    qparams: dict[str, Any] | None = field(default=None, repr=False)
 
     def light(self) -> weights.LightModel:
         return weights.LightModel(self.model, self.inits)
@@ -265,12 +269,64 @@ def _constants_to_initializers(m: ModelProto) -> None:
     m.graph.node.extend(keep)
 
 
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _unshare_quantized_vectors(m: ModelProto) -> None:
+    """A shared 1-D constant quantized once (onnxruntime.quantization on a dynamo export whose
+    equal biases were merged) reaches its users through one QuantizeLinear / DequantizeLinear
+    chain: every user after the first gets its own copy of the chain, whose initializer
+    ``_unshare_vectors`` then copies as for any shared vector."""
+    inits = {t.name: t for t in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+
+    def constant_chain(name: str) -> list[NodeProto] | None:
+        """The Q / DQ nodes from an initializer to ``name``, outermost last; None if not one."""
+        chain: list[NodeProto] = []
+        while name not in inits:
+            node = producer.get(name)
+            if node is None or node.op_type not in QDQ or not node.input or len(node.output) != 1:
+                return None
+            chain.append(node)
+            name = node.input[0]
+        return chain[::-1] if chain else None
+
+    users: dict[str, list[tuple[NodeProto, int]]] = {}
+    for node in m.graph.node:
+        for i, name in enumerate(node.input):
+            users.setdefault(name, []).append((node, i))
+    out: list[NodeProto] = []
+    for node in m.graph.node:
+        for i, name in enumerate(node.input):
+            chain = constant_chain(name) if name and name not in inits else None
+            root = inits.get(chain[0].input[0]) if chain else None
+            if chain is None or root is None or len(root.dims) != 1 or root.dims[0] <= 1:
+                continue
+            k = [u for u, _ in users[name]].index(node)
+            if k == 0 or users[name][k][1] != i:
+                continue  # the first user keeps the chain
+            previous = chain[0].input[0]
+            for link in chain:
+                copy = NodeProto()
+                copy.CopyFrom(link)
+                copy.name = f"{link.name}__{k}"
+                copy.input[0] = previous
+                copy.output[0] = f"{link.output[0]}__{k}"
+                previous = copy.output[0]
+                out.append(copy)
+            node.input[i] = previous
+        out.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(out)
+
+
 def _unshare_vectors(m: ModelProto, arrays: dict[str, np.ndarray]) -> None:
     """Give every user of a shared 1-D initializer its own copy.
 
     The dynamo exporter's optimizer merges equal constants: every zero bias and every LayerNorm
     weight of a fresh model become one tensor, which would couple unrelated layers. Matrices stay
     shared: tied weights (embedding = lm_head) are a real coupling."""
+    _unshare_quantized_vectors(m)
     inits = {t.name: t for t in m.graph.initializer}
     seen: dict[str, int] = {}
     for node in m.graph.node:
@@ -437,9 +493,40 @@ def run_node(node: NodeProto, inputs: list[np.ndarray | None], opset: int) -> li
     return [np.asarray(r) for r in res]
 
 
+RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+def _recurrent_weight_sources(g: Graph) -> set[str]:
+    """Tensors that only assemble a recurrent op's W / R / B (torch's dynamo exporter slices the
+    gate blocks into ONNX's order and stacks the directions): folded into one initializer each,
+    whatever their size, so that the hidden size can be a group. The result is a weight of the
+    model (``original_inits``)."""
+    users: dict[str, list[tuple[NodeProto, int]]] = {}
+    for node in g.model.graph.node:
+        for i, name in enumerate(node.input):
+            users.setdefault(name, []).append((node, i))
+    producer = {o: n for n in g.model.graph.node for o in n.output}
+    found: set[str] = set()
+    todo = [n.input[i] for n in g.model.graph.node if n.op_type in RECURRENT
+            for i in (1, 2, 3) if i < len(n.input) and n.input[i] and n.input[i] not in g.inits]
+    while todo:
+        name = todo.pop()
+        node = producer.get(name)
+        if name in found or node is None or node.op_type in NO_FOLD:
+            continue
+        # only what feeds recurrent weights (or other such tensors) is folded past the size guard
+        if not all((u.op_type in RECURRENT and i in (1, 2, 3)) or any(o in found or o in todo for o in u.output)
+                   for o in node.output for u, i in users.get(o, [])):
+            continue
+        found.add(name)
+        todo.extend(x for x in node.input if x and x not in g.inits)
+    return found
+
+
 def fold_constants(g: Graph) -> bool:
     """Fold nodes whose inputs are all constants (and Shape/Size of static tensors)."""
     m = g.model
+    recurrent = _recurrent_weight_sources(g) if any(n.op_type in RECURRENT for n in m.graph.node) else set()
     changed = False
     new_nodes: list[NodeProto] = []
     consts: dict[str, np.ndarray] = dict(g.inits)
@@ -456,12 +543,16 @@ def fold_constants(g: Graph) -> bool:
                 folded = [np.array(int(np.prod(g.shapes[node.input[0]])), dtype=np.int64)]
             elif all((not n) or n in consts for n in node.input) and node.input:
                 big = any(n in g.original_inits and consts[n].size > FOLD_MAX_WEIGHT_IN for n in node.input if n)
+                if big and all(o in recurrent for o in node.output if o):
+                    big = False
+                    g.original_inits.update(o for o in node.output if o)
                 if not big:
                     try:
                         folded = run_node(node, [consts[n] if n else None for n in node.input], g.opset)
                     except Exception:
                         folded = None
-        if folded is not None and all(a.size <= FOLD_MAX_OUT for a in folded) and \
+        if folded is not None and (all(a.size <= FOLD_MAX_OUT for a in folded) or
+                                   all(o in recurrent for o in node.output if o)) and \
                 not any(o in g.outputs for o in node.output):
             for name, arr in zip([o for o in node.output if o], folded, strict=False):
                 consts[name] = arr

@@ -33,14 +33,24 @@ def node_macs(node: NodeProto, shape: ShapeFn) -> int:
         if op == "MatMul":
             a = shape(node.input[0])
             return int(np.prod(shape(node.output[0]))) * int(a[-1])
+        if op in ("LSTM", "GRU", "RNN"):  # every step and sample: X @ W^T and h @ R^T, all gates and directions
+            steps = int(np.prod(shape(node.input[0])[:2]))
+            return steps * (int(np.prod(shape(node.input[1]))) + int(np.prod(shape(node.input[2]))))
     except KeyError:
         return 0
     return 0
 
 
 def is_weight(g: Graph, name: str, arr: np.ndarray) -> bool:
-    """Parameters are the model's own float initializers (not folded shape constants)."""
-    return name in g.original_inits and arr.dtype.kind == "f"
+    """Parameters are the model's own float initializers (not folded shape constants), and the
+    integer weights of a QDQ graph (what its DequantizeLinear nodes read)."""
+    if name not in g.original_inits:
+        return False
+    if arr.dtype.kind == "f":
+        return True
+    from pruning_core.ir.quant import weight_qparams
+
+    return arr.dtype.kind in "iu" and name in weight_qparams(g)
 
 
 def count_params(g: Graph) -> int:

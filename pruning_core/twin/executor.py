@@ -152,7 +152,10 @@ class OnnxTwin(nn.Module):
                 f"{op} (nodes: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
                 for op, names in sorted(bad.items())
             )
-            err = UnsupportedOpError(f"the torch twin cannot run {len(bad)} op type(s): {listing}")
+            qdq = " (a QDQ-quantized graph: score it with a weight or activation criterion, l1, l2, fpgm, lamp, " \
+                "bn_scale, random or obspa, without recovery; or prune the float model)" \
+                if {"QuantizeLinear", "DequantizeLinear"} & bad.keys() else ""
+            err = UnsupportedOpError(f"the torch twin cannot run {len(bad)} op type(s): {listing}{qdq}")
             err.ops = dict(bad)  # type: ignore[attr-defined]
             raise err
         graph = model.graph

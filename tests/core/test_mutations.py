@@ -131,8 +131,8 @@ class _Calib:
             if self.i < 5 else None
 
 
-@pytest.mark.parametrize("form, op", [("dynamic", "ConvInteger"), ("qdq", "QuantizeLinear"),
-                                      ("qoperator", "QLinearConv")])
+# QDQ graphs are pruned through (tests/core/test_qdq.py); integer kernels are refused
+@pytest.mark.parametrize("form, op", [("dynamic", "ConvInteger"), ("qoperator", "QLinearConv")])
 def test_quantized_graph_is_refused_with_what_to_do(form: str, op: str, mixnet_onnx: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
     from onnxruntime import quantization as q
@@ -144,12 +144,12 @@ def test_quantized_graph_is_refused_with_what_to_do(form: str, op: str, mixnet_o
     if form == "dynamic":
         q.quantize_dynamic(str(mixnet_onnx), str(src), weight_type=q.QuantType.QInt8)
     else:
-        fmt = q.QuantFormat.QDQ if form == "qdq" else q.QuantFormat.QOperator
-        q.quantize_static(str(mixnet_onnx), str(src), _Calib(), quant_format=fmt)
+        q.quantize_static(str(mixnet_onnx), str(src), _Calib(), quant_format=q.QuantFormat.QOperator)
     with pytest.raises(UnsupportedOpError) as e:
         api.prune(src, SPEC, tmp_path / "out")
     msg = str(e.value)
-    assert "quantized" in msg and op in msg and "prune the float model" in msg
+    assert "quantized with integer kernels" in msg and op in msg and "prune the float model" in msg
+    assert "QDQ form" in msg
     assert main(["prune", str(src), "-o", str(tmp_path / "cli.onnx"), "--flops", "0.2"]) == 2
     err = capsys.readouterr().err
     assert "quantized" in err and not EXCEPTION_NAME.search(err)

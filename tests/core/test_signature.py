@@ -89,7 +89,8 @@ def _masked_original(path: Path, an: Analysis, removed: np.ndarray) -> onnx.Mode
     missing = {node for node, _, _ in an.consumer_inputs} - names
     assert not missing, f"consumers not in the original graph: {sorted(missing)[:5]}"
     file_graph = types.SimpleNamespace(model=m, dtypes=an.graph.dtypes, inits={})
-    shim = types.SimpleNamespace(graph=file_graph, consumer_inputs=an.consumer_inputs, mask=an.mask)
+    assert not an.zeroed, "a recurrent op's gate rows would have to be zeroed in the file's weights"
+    shim = types.SimpleNamespace(graph=file_graph, consumer_inputs=an.consumer_inputs, mask=an.mask, zeroed=[])
     return masked_model(shim, removed).proto  # type: ignore[arg-type]
 
 

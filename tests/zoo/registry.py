@@ -27,6 +27,9 @@ class ZooEntry:
     builder: Callable[[], Built]
     # exporter -> reason; an excused (entry, exporter) is reported, not failed.
     excused: dict[str, str] = field(default_factory=dict)
+    # the export quantized by onnxruntime.quantization before use: "qdq" (per tensor) or
+    # "qdq-per-channel" (weights per output channel); None: the float export
+    quantize: str | None = None
 
     def build(self) -> Built:
         torch.manual_seed(0)
@@ -39,15 +42,20 @@ ZOO: dict[str, ZooEntry] = {}
 
 
 def register(
-    name: str, family: str, *, excused: dict[str, str] | None = None
+    name: str, family: str, *, excused: dict[str, str] | None = None, quantize: str | None = None
 ) -> Callable[[Callable[[], Built]], Callable[[], Built]]:
     def deco(fn: Callable[[], Built]) -> Callable[[], Built]:
         if name in ZOO:
             raise ValueError(f"duplicate zoo entry {name!r}")
-        ZOO[name] = ZooEntry(name, family, fn, dict(excused or {}))
+        ZOO[name] = ZooEntry(name, family, fn, dict(excused or {}), quantize)
         return fn
 
     return deco
+
+
+def quantized(name: str, of: str, how: str) -> None:
+    """``name``: the entry ``of`` exported, then quantized ``how`` (see ZooEntry.quantize)."""
+    register(name, ZOO[of].family, quantize=how)(ZOO[of].builder)
 
 
 class OutputSelect(torch.nn.Module):

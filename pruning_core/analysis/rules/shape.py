@@ -229,6 +229,11 @@ def gather(ctx: LabelCtx, node: NodeProto) -> None:
         # Embedding lookup: rows are the vocabulary (never pruned), columns produce channels.
         if axis == 0 and ctx.rank(data) == 2 and not ctx.is_param(idx):
             ctx.set(out, as_axis(ctx.producer(data, 1), rank, -1))
+        elif axis == 0 and ctx.rank(data) == 2 and (v := ctx.view(data)) is not None:
+            # constant rows of a table too big to fold (or kept in QDQ form): a view whose last
+            # axis is the table's columns, sliced with them wherever the rows are added in
+            ctx.views[out] = (v[0], (None,) * ctx.rank(idx) + (v[1][1],))
+            ctx.param_uses.add((ctx.current, data))
         return
     if not ctx.has_labels(data):
         return
