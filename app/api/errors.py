@@ -190,6 +190,11 @@ def _jsonable_errors(errors: Any) -> list[dict[str, Any]]:
     out = []
     for e in errors:
         item = {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        field = str(item["loc"][-1]) if item["loc"] else ""
+        if item["type"] == "string_pattern_mismatch" and field.endswith("_id"):
+            # an id that cannot be one: say what an id looks like, not the regular expression
+            what = field.removesuffix("_id").replace("_", " ")
+            item["msg"] = f"{str(e.get('input', ''))[:64]!r} is not a {what} id (32 hex digits, or the 8-4-4-4-12 UUID form)"
         out.append(item)
     return out
 

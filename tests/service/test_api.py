@@ -613,3 +613,10 @@ def test_malformed_json_is_400_and_submit_says_when_to_poll(
     mid = model_id(api, auth, zoo["tiny"])
     r = api.post("/v1/jobs", headers=auth, json={"model_id": mid, "spec": SPEC})
     assert r.status_code == 202 and int(r.headers["retry-after"]) > 0
+
+
+def test_a_malformed_id_is_a_sentence_not_a_pattern(api: Any, auth: dict[str, str]) -> None:
+    for path, what in (("/v1/jobs/abc", "job"), ("/v1/models/nope/groups", "model"), ("/v1/datasets/x1", "dataset")):
+        body = problem(api.get(path, headers=auth), 422)
+        assert f"is not a {what} id (32 hex digits, or the 8-4-4-4-12 UUID form)" in body["detail"], body
+        assert "^(" not in body["detail"] and "pattern" not in body["detail"]
