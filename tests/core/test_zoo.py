@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.zoo import EXPORTERS, ZOO
+from tests.zoo import ZOO
 from tests.zoo.acceptance import LOCAL_SPEC, prune_and_check
 from tests.zoo.check import check_model
 from tests.zoo.export import ExportError
@@ -32,7 +32,7 @@ def _cases(*, excusable: bool) -> list[Any]:
     """Every (entry, exporter); with `excusable`, excused pairs are expected to fail (xfail, not strict)."""
     cases = []
     for name, entry in ZOO.items():
-        for exporter in EXPORTERS:
+        for exporter in entry.exporters:
             marks = []
             if excusable and exporter in entry.excused:
                 marks.append(pytest.mark.xfail(reason=f"excused: {entry.excused[exporter]}", strict=False))

@@ -236,12 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in ZOO]
     if not names or unknown:
         ap.error(f"unknown entries {unknown}" if unknown else "name entries or pass --all")
-    exporters = args.exporter or list(EXPORTERS)
+    chosen = args.exporter or list(EXPORTERS)
     print(f"cache: {cache_dir()}")
     failed = 0
     t_all = time.perf_counter()
     for name in names:
-        for exporter in exporters:
+        for exporter in [e for e in chosen if e in ZOO[name].exporters]:
             t0 = time.perf_counter()
             try:
                 path = cached_export(name, exporter, force=args.force)

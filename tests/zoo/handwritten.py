@@ -369,3 +369,31 @@ class PreActBN(nn.Module):
 @register("preact_bn", "handwritten")
 def preact_bn() -> Built:
     return _built(PreActBN(), {"input": image(size=32)}, ["logits"])
+
+
+@register("yolov8", "handwritten")
+def yolov8() -> Built:
+    """The YOLOv8 layout of bench/models_speed.py (C2f blocks that Split in two, SPPF, PAN neck,
+    decoupled head) at a sixteenth of YOLOv8s' widths."""
+    from bench.models_speed import YoloV8
+
+    return _built(YoloV8(width=0.125, depth=0.33, nc=8), {"input": image(size=64)}, ["boxes", "scores"])
+
+
+class Branchy(nn.Module):
+    """A data-dependent branch (``torch.cond``, an ONNX ``If``) on conv features: the channels the
+    branches read stay whole, the convolutions before and after still prune."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.mid, self.head = cbr(3, 16), cbr(16, 24), nn.Linear(24, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.mid(self.stem(x))
+        g = torch.cond(f.mean() > 0.5, lambda t: t * 2.0, lambda t: t - 1.0, (f,))
+        return self.head(g.mean(dim=(2, 3)))
+
+
+@register("if_branch", "handwritten", exporters=("dynamo",))
+def if_branch() -> Built:
+    return _built(Branchy(), {"input": image(size=16)}, ["logits"])

@@ -30,6 +30,8 @@ class ZooEntry:
     # the export quantized by onnxruntime.quantization before use: "qdq" (per tensor) or
     # "qdq-per-channel" (weights per output channel); None: the float export
     quantize: str | None = None
+    # the exporters that can write it at all (torch.cond does not trace: no TorchScript export)
+    exporters: tuple[str, ...] = EXPORTERS
 
     def build(self) -> Built:
         torch.manual_seed(0)
@@ -42,12 +44,13 @@ ZOO: dict[str, ZooEntry] = {}
 
 
 def register(
-    name: str, family: str, *, excused: dict[str, str] | None = None, quantize: str | None = None
+    name: str, family: str, *, excused: dict[str, str] | None = None, quantize: str | None = None,
+    exporters: tuple[str, ...] = EXPORTERS,
 ) -> Callable[[Callable[[], Built]], Callable[[], Built]]:
     def deco(fn: Callable[[], Built]) -> Callable[[], Built]:
         if name in ZOO:
             raise ValueError(f"duplicate zoo entry {name!r}")
-        ZOO[name] = ZooEntry(name, family, fn, dict(excused or {}), quantize)
+        ZOO[name] = ZooEntry(name, family, fn, dict(excused or {}), quantize, exporters)
         return fn
 
     return deco

@@ -1077,7 +1077,7 @@ def _zoo_params() -> list[Any]:
     # need it refuse those graphs with a sentence (tests/core/test_qdq.py)
     recurrent = {"lstm_seq", "gru_seq", "crnn"}
     return [pytest.param(n, e, id=f"{n}-{e}") for n in ZOO for e in ZOO_EXPORTERS
-            if not ZOO[n].quantize and n not in recurrent]
+            if not ZOO[n].quantize and n not in recurrent and e in ZOO[n].exporters]
 
 
 @pytest.mark.slow
