@@ -24,7 +24,9 @@ MAX_EXCUSED = 2
 REQUIRED = (
     "resnet convnext convnextv2 mobilenet_v1 mobilenet_v2 efficientnet regnet vit deit swin beit dinov2 levit "
     "mobilevit poolformer segformer pvt bert distilbert roberta albert gpt2 opt llama wav2vec2 concat_split "
-    "grouped_conv depthwise_separable channel_shuffle pixel_shuffle se_blocks multi_io unet plain_cnn"
+    "grouped_conv depthwise_separable channel_shuffle pixel_shuffle se_blocks multi_io unet plain_cnn "
+    # issue 13: recurrent, data-dependent output length, If, QDQ (a CNN and a transformer), YOLOv8
+    "lstm_seq gru_seq crnn if_branch resnet_qdq se_blocks_qdq bert_qdq yolov8"
 ).split()
 
 
