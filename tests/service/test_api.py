@@ -411,7 +411,7 @@ def test_metrics_from_the_database(private_settings: Settings, new_key: Any) -> 
                                        ("failed", "time_limit", 2, 1), ("running", None, 40, None)):
             s.add(Job(owner_id="o", model_id=m.id, spec={}, request_hash="h", queue=private_settings.queue_cpu,
                       state=state, error_code=code, created_at=now - timedelta(seconds=wait + (run or 0)),
-                      started_at=now - timedelta(seconds=run or 0),
+                      started_at=now - timedelta(seconds=run or 0), heartbeat_at=now if run is None else None,
                       finished_at=now if run is not None else None))  # fmt: skip
         workers.beat(s, "w1", [private_settings.queue_cpu])
     with make_client(private_settings.model_copy(update={"metrics_public": True})) as client:

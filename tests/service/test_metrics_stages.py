@@ -32,6 +32,8 @@ def test_time_per_stage_from_the_job_events(private_settings: Settings) -> None:
         for state, finished, events in JOBS:
             job = Job(owner_id="o", model_id=m.id, spec={}, request_hash="h", queue=private_settings.queue_cpu,
                       state=state, created_at=now - timedelta(seconds=200), started_at=now - timedelta(seconds=150),
+                      # a running job beats: the API's sweeper would re-queue it otherwise
+                      heartbeat_at=now if state == "running" else None,
                       finished_at=None if finished is None else now - timedelta(seconds=finished))  # fmt: skip
             s.add(job)
             s.flush()
