@@ -69,19 +69,25 @@ def masked_model(an: Analysis, removed: np.ndarray) -> LightModel:
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     del m.graph.value_info[:]
-    arrays = an.graph.inits
-    protos = {t.name: t for t in m.graph.initializer}
-    for init, axis in an.zeroed:  # recurrent gate rows (analysis.rules.recurrent): zeroed, not masked
-        for ax, owner in an.param_owner.get(init, []):
-            keep = (owner < 0) | ~removed[np.maximum(owner, 0)]
-            if ax == axis and not keep.all():
-                arrays = dict(arrays) if arrays is an.graph.inits else arrays
-                shape = [1] * arrays[init].ndim
-                shape[ax] = len(keep)
-                arrays[init] = arrays[init] * keep.reshape(shape).astype(arrays[init].dtype)
-                if not weights.is_stub(protos[init]):  # a small weight lives in the proto itself
-                    protos[init].CopyFrom(numpy_helper.from_array(arrays[init], init))
-    return LightModel(m, arrays)
+    return LightModel(m, _zero_gate_rows(an, removed, m))
+
+
+def _zero_gate_rows(an: Analysis, removed: np.ndarray, m: ModelProto) -> dict[str, np.ndarray]:
+    """The weights with the removed positions of ``an.zeroed`` (recurrent gate rows,
+    analysis.rules.recurrent) set to 0: the original's arrays where nothing changes."""
+    zeroed: dict[str, np.ndarray] = {}
+    for init, axis in an.zeroed:
+        keep = an.kept_positions(init, axis, removed)
+        arr = zeroed.get(init, an.graph.inits[init])
+        if len(keep) == arr.shape[axis]:
+            continue
+        mask = np.zeros(arr.shape[axis], dtype=arr.dtype)
+        mask[keep] = 1
+        zeroed[init] = arr * mask.reshape([-1 if a == axis else 1 for a in range(arr.ndim)])
+    for t in m.graph.initializer:  # a small weight lives in the proto itself, not in the arrays
+        if t.name in zeroed and not weights.is_stub(t):
+            t.CopyFrom(numpy_helper.from_array(zeroed[t.name], t.name))
+    return {**an.graph.inits, **zeroed} if zeroed else an.graph.inits
 
 
 def verify(an: Analysis, removed: np.ndarray, pruned, inputs: dict[str, np.ndarray]) -> dict:

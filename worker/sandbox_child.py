@@ -131,23 +131,23 @@ class PipeProgress:
 
     def __init__(self, fd: int) -> None:
         self.fd, self.stage, self.last = fd, None, 0.0
-        self.pending: bytes | None = None
+        self.pending: tuple[str, float, str] | None = None  # the last dropped message, unencoded
 
     def __call__(self, stage: str, fraction: float, message: str | None = None) -> None:
         now = time.monotonic()
-        line = (json.dumps({"stage": stage, "fraction": float(fraction), "message": message}) + "\n").encode()
         warning = message is not None and message.startswith("warning:")
         if stage == self.stage and now - self.last < self.MIN_INTERVAL_S and not warning:
             if message:
-                self.pending = line
+                self.pending = (stage, fraction, message)
             return
         if self.pending is not None:
-            self._write(self.pending)
+            self._write(*self.pending)
             self.pending = None
         self.stage, self.last = stage, now
-        self._write(line)
+        self._write(stage, fraction, message)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, stage: str, fraction: float, message: str | None) -> None:
+        data = (json.dumps({"stage": stage, "fraction": float(fraction), "message": message}) + "\n").encode()
         while data:
             data = data[os.write(self.fd, data):]
 

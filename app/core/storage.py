@@ -9,13 +9,14 @@ or oversized upload leaves nothing behind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from app.core.config import Settings
 
@@ -162,12 +163,7 @@ class S3Store(BlobStore):
         config = Config(retries={"max_attempts": 3, "mode": "standard"}, s3={"addressing_style": "path"})
         self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
         self.presign_ttl_s = presign_ttl_s
-        # A signature covers the host: URLs for clients are signed for the endpoint they reach
-        # (SigV4, which every region and MinIO accept; boto3 may default presigning to SigV2).
-        self.signer = boto3.client(
-            "s3", endpoint_url=public_endpoint_url or endpoint_url, region_name=region,
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-        )
+        self._signer_args = {"endpoint_url": public_endpoint_url or endpoint_url, "region_name": region}
 
     def _key(self, sha256: str) -> str:
         return self.prefix + blob_key(sha256)
@@ -211,6 +207,17 @@ class S3Store(BlobStore):
             yield from body.iter_chunks(CHUNK)
         finally:
             body.close()
+
+    @functools.cached_property
+    def signer(self) -> Any:
+        """A client only for signing, made on first use (a store is made per sweep and per task).
+        A signature covers the host: URLs are signed for the endpoint clients reach, with SigV4,
+        which every region and MinIO accept (boto3 may default presigning to SigV2)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+                            **self._signer_args)
 
     def presigned_url(self, sha256: str, filename: str, media_type: str) -> str | None:
         if self.presign_ttl_s <= 0:

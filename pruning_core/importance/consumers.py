@@ -84,17 +84,28 @@ class ConsumerPlan:
 # ------------------------------------------------------------------------------ planning
 
 
-def _param(an: Analysis, name: str) -> tuple[str, Callable, Callable] | None:
-    """(initializer, init -> view, view -> init) for an initializer or a permuted view of one."""
+def _resolve(an: Analysis, name: str) -> tuple[str, list[int]] | None:
+    """(initializer, axis permutation) behind ``name``: an initializer, or a view that permutes
+    one (Transpose(W), a QDQ weight's DequantizeLinear); None for anything else."""
     g = an.graph
     if name in g.inits:
-        return name, (lambda a: a), (lambda v: v)
+        return name, list(range(g.inits[name].ndim))
     if name not in an.views:
         return None
     init, amap = an.views[name]
     perm = [a for a in amap if a is not None]
-    if sorted(perm) != list(range(g.inits[init].ndim)):
+    return (init, perm) if sorted(perm) == list(range(g.inits[init].ndim)) else None
+
+
+def _param(an: Analysis, name: str) -> tuple[str, Callable, Callable] | None:
+    """(initializer, init -> view, view -> init) for an initializer or a permuted view of one."""
+    g = an.graph
+    found = _resolve(an, name)
+    if found is None:
         return None
+    init, perm = found
+    if name == init:
+        return name, (lambda a: a), (lambda v: v)
     vshape = g.shape(name)
     inv = np.argsort(perm)
 
@@ -108,19 +119,15 @@ def _param(an: Analysis, name: str) -> tuple[str, Callable, Callable] | None:
 
 
 def _plain(an: Analysis, name: str) -> str | None:
-    """The initializer behind ``name``: itself, or a view that keeps its layout (the
-    DequantizeLinear of a QDQ weight, an Identity): its values are read and refit through
+    """The initializer behind ``name`` when it is that initializer's layout unchanged (itself, a
+    QDQ weight's DequantizeLinear, an Identity): its values are read and refit through
     ``ir.quant`` (dequantized, then requantized)."""
-    g = an.graph
-    if name in g.inits:
-        return name
-    v = an.views.get(name)
-    if v is None:
+    found = _resolve(an, name)
+    if found is None:
         return None
-    init, amap = v
-    if tuple(amap) != tuple(range(g.inits[init].ndim)) or tuple(g.inits[init].shape) != tuple(g.shape(name)):
-        return None
-    return init
+    init, perm = found
+    same = perm == sorted(perm) and tuple(an.graph.inits[init].shape) == tuple(an.graph.shape(name))
+    return init if same else None
 
 
 def _bias_of_matmul(an: Analysis, node: NodeProto, n_out: int) -> str | None:

@@ -13,6 +13,7 @@ import numpy as np
 from pruning_core.analysis.groups import Analysis, Group
 from pruning_core.criteria_names import CRITERION_INFO
 from pruning_core.errors import SpecError
+from pruning_core.ir.quant import float_value
 from pruning_core.registry import Registry
 from pruning_core.spec import PruneSpec
 
@@ -35,8 +36,6 @@ class ScoreContext:
 
     def weight(self, place) -> np.ndarray:
         """The place's values as the model computes with them (a QDQ weight dequantized)."""
-        from pruning_core.ir.quant import float_value
-
         return float_value(self.analysis.graph, place.tensor)
 
     def batches(self, progress: Callable[[float], None] | None = None) -> list[Batch]:

@@ -505,21 +505,16 @@ def _recurrent_weight_sources(g: Graph) -> set[str]:
     for node in g.model.graph.node:
         for i, name in enumerate(node.input):
             users.setdefault(name, []).append((node, i))
-    producer = {o: n for n in g.model.graph.node for o in n.output}
     found: set[str] = set()
-    todo = [n.input[i] for n in g.model.graph.node if n.op_type in RECURRENT
-            for i in (1, 2, 3) if i < len(n.input) and n.input[i] and n.input[i] not in g.inits]
-    while todo:
-        name = todo.pop()
-        node = producer.get(name)
-        if name in found or node is None or node.op_type in NO_FOLD:
+    # nodes are in topological order: backwards, every user is decided before its producer
+    for node in reversed(g.model.graph.node):
+        if node.op_type in NO_FOLD:
             continue
-        # only what feeds recurrent weights (or other such tensors) is folded past the size guard
-        if not all((u.op_type in RECURRENT and i in (1, 2, 3)) or any(o in found or o in todo for o in u.output)
-                   for o in node.output for u, i in users.get(o, [])):
-            continue
-        found.add(name)
-        todo.extend(x for x in node.input if x and x not in g.inits)
+        outs = [o for o in node.output if o]
+        uses = [u for o in outs for u in users.get(o, [])]
+        if uses and all((u.op_type in RECURRENT and i in (1, 2, 3)) or any(o in found for o in u.output)
+                        for u, i in uses):
+            found.update(outs)
     return found
 
 
@@ -533,6 +528,7 @@ def fold_constants(g: Graph) -> bool:
     new_inits: list[TensorProto] = []
     for node in m.graph.node:
         folded = None
+        weight_only = bool(recurrent) and all(o in recurrent for o in node.output if o)
         if node.domain in ("", "ai.onnx") and node.op_type not in NO_FOLD:
             if node.op_type == "Shape" and node.input[0] in g.shapes:
                 shp = np.array(g.shapes[node.input[0]], dtype=np.int64)
@@ -542,18 +538,17 @@ def fold_constants(g: Graph) -> bool:
             elif node.op_type == "Size" and node.input[0] in g.shapes:
                 folded = [np.array(int(np.prod(g.shapes[node.input[0]])), dtype=np.int64)]
             elif all((not n) or n in consts for n in node.input) and node.input:
-                big = any(n in g.original_inits and consts[n].size > FOLD_MAX_WEIGHT_IN for n in node.input if n)
-                if big and all(o in recurrent for o in node.output if o):
-                    big = False
-                    g.original_inits.update(o for o in node.output if o)
+                big = not weight_only and any(n in g.original_inits and consts[n].size > FOLD_MAX_WEIGHT_IN
+                                              for n in node.input if n)
                 if not big:
                     try:
                         folded = run_node(node, [consts[n] if n else None for n in node.input], g.opset)
                     except Exception:
                         folded = None
-        if folded is not None and (all(a.size <= FOLD_MAX_OUT for a in folded) or
-                                   all(o in recurrent for o in node.output if o)) and \
+        if folded is not None and (weight_only or all(a.size <= FOLD_MAX_OUT for a in folded)) and \
                 not any(o in g.outputs for o in node.output):
+            if weight_only:
+                g.original_inits.update(o for o in node.output if o)
             for name, arr in zip([o for o in node.output if o], folded, strict=False):
                 consts[name] = arr
                 new_inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))

@@ -70,8 +70,9 @@ def to_stored(g: Graph, name: str, values: np.ndarray, keep: dict[int, np.ndarra
     if q is None or not np.issubdtype(dtype, np.integer):
         return np.ascontiguousarray(values.astype(dtype))
     scale, zero = q.scale.astype(np.float64), q.zero.astype(np.float64)
-    if keep and scale.size > 1 and (q.axis % values.ndim) in keep:
-        scale, zero = scale[keep[q.axis % values.ndim]], (zero[keep[q.axis % values.ndim]] if zero.size > 1 else zero)
+    kept = (keep or {}).get(q.axis % values.ndim)
+    if kept is not None and scale.size > 1:
+        scale, zero = scale[kept], (zero[kept] if zero.size > 1 else zero)
     raw = np.rint(values / q.shaped(scale, values.ndim)) + q.shaped(zero, values.ndim)
     info = np.iinfo(dtype)
     return np.ascontiguousarray(np.clip(raw, info.min, info.max).astype(dtype))

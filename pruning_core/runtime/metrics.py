@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 from onnx import ModelProto, NodeProto
 
-from pruning_core.ir.graph import Graph, attr
+from pruning_core.ir.graph import RECURRENT, Graph, attr
 from pruning_core.ir.weights import LightModel, as_inputs
 
 ShapeFn = Callable[[str], tuple[int, ...]]
@@ -33,7 +33,7 @@ def node_macs(node: NodeProto, shape: ShapeFn) -> int:
         if op == "MatMul":
             a = shape(node.input[0])
             return int(np.prod(shape(node.output[0]))) * int(a[-1])
-        if op in ("LSTM", "GRU", "RNN"):  # every step and sample: X @ W^T and h @ R^T, all gates and directions
+        if op in RECURRENT:  # every step and sample: X @ W^T and h @ R^T, all gates and directions
             steps = int(np.prod(shape(node.input[0])[:2]))
             return steps * (int(np.prod(shape(node.input[1]))) + int(np.prod(shape(node.input[2]))))
     except KeyError:

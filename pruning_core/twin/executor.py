@@ -129,6 +129,14 @@ def _sanitize(name: str) -> str:
     return f"t_{s}" if s[0].isdigit() else s
 
 
+# Graphs whose ops the twin does not run but whose channels the analysis prunes: what to say
+# instead of only naming the ops (the criteria below read weights or run onnxruntime).
+WITHOUT_TWIN = {"QuantizeLinear": "a QDQ-quantized graph", "DequantizeLinear": "a QDQ-quantized graph",
+                "LSTM": "a recurrent graph", "GRU": "a recurrent graph", "RNN": "a recurrent graph"}
+NO_TWIN_CRITERIA = ("score it with a weight or activation criterion, l1, l2, fpgm, lamp, bn_scale, random or "
+                    "obspa, without recovery; or prune the float model")
+
+
 class OnnxTwin(nn.Module):
     """Runs an ONNX graph with torch ops; initializers are parameters/buffers of this module.
 
@@ -152,10 +160,9 @@ class OnnxTwin(nn.Module):
                 f"{op} (nodes: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
                 for op, names in sorted(bad.items())
             )
-            qdq = " (a QDQ-quantized graph: score it with a weight or activation criterion, l1, l2, fpgm, lamp, " \
-                "bn_scale, random or obspa, without recovery; or prune the float model)" \
-                if {"QuantizeLinear", "DequantizeLinear"} & bad.keys() else ""
-            err = UnsupportedOpError(f"the torch twin cannot run {len(bad)} op type(s): {listing}{qdq}")
+            kinds = sorted({WITHOUT_TWIN[op] for op in bad if op in WITHOUT_TWIN})
+            hint = f" ({' and '.join(kinds)}: {NO_TWIN_CRITERIA})" if kinds else ""
+            err = UnsupportedOpError(f"the torch twin cannot run {len(bad)} op type(s): {listing}{hint}")
             err.ops = dict(bad)  # type: ignore[attr-defined]
             raise err
         graph = model.graph

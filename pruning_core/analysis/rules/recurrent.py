@@ -47,13 +47,12 @@ def _rewrite(sx, node: NodeProto) -> None:
         sx.set_attr(node, helper.make_attribute("hidden_size", int(hidden)))
 
 
-@rule("LSTM", "GRU", "RNN", rewrite=_rewrite)
+@rule(*GATES, rewrite=_rewrite)
 def recurrent(ctx: LabelCtx, node: NodeProto) -> None:
     op = node.op_type
     ins = list(node.input) + [""] * (8 - len(node.input))
     x, w, r, b = ins[0], ins[1], ins[2], ins[3]
     init_h, init_c, peep = ins[5], ins[6] if op == "LSTM" else "", ins[7] if op == "LSTM" else ""
-    layout = int(ctx.attr(node, "layout", 0))
     gates = GATES[op]
     # the input side: X's features are W's last axis, whatever happens to the hidden size
     if ctx.is_param(w):
@@ -71,10 +70,9 @@ def recurrent(ctx: LabelCtx, node: NodeProto) -> None:
         for s in (init_h, init_c):
             if s and not ctx.is_param(s):
                 why = "an initial state computed in the graph"
-            elif s and np.any(ctx.const(s) if ctx.const(s) is not None else 1):
+            elif s and (ctx.const(s) is None or np.any(ctx.const(s))):  # a view of one: not known zero
                 why = "a non-zero initial state"
-    hidden_size = ctx.shape(w)[1] // gates if ctx.is_param(w) else int(ctx.attr(node, "hidden_size", 0))
-    hid = ctx.uf.new(hidden_size)
+    hid = ctx.uf.new(ctx.shape(r)[-1])  # R: [directions, gates x hidden, hidden]
     for name, axis, reps in ((w, 1, gates), (r, 1, gates), (r, 2, 1), (b, 1, 2 * gates), (peep, 1, 3),
                              (init_h, 2, 1), (init_c, 2, 1)):
         if name and ctx.is_param(name):
@@ -84,9 +82,9 @@ def recurrent(ctx: LabelCtx, node: NodeProto) -> None:
         ctx.zero_rows([(n, 1) for n in (w, r, b, peep) if n])
     else:
         ctx.block(hid, f"{op} {node.name!r} keeps its hidden size: {why}")
-    # Y [seq, dir, batch, H] (layout 1: [batch, seq, dir, H]); Y_h, Y_c [dir, batch, H] ([batch, dir, H])
+    # Y [seq, dir, batch, H] (layout 1: [batch, seq, dir, H]); Y_h, Y_c [dir, batch, H] ([batch, dir, H]):
+    # the hidden axis is last in both layouts
     for out in node.output:
         if out:
             rank = ctx.rank(out)
             ctx.set(out, as_axis(hid, rank, rank - 1))
-    del layout  # both layouts keep the hidden axis last

@@ -115,3 +115,12 @@ def test_zero_initial_state_is_sliced_with_the_units(tmp_path: Path) -> None:
     inits = {t.name: t for t in onnx.load(str(res.artifacts["pruned.onnx"])).graph.initializer}
     h = inits["R"].dims[2]
     assert h < 8 and list(inits["h0"].dims) == [1, 2, h]
+
+
+def test_twin_criteria_on_a_recurrent_graph_say_what_to_use(tmp_path: Path) -> None:
+    from pruning_core.errors import UnsupportedOpError
+
+    with pytest.raises(UnsupportedOpError) as e:
+        api.prune(_export(tmp_path / "m.onnx", "LSTM", False, False),
+                  {"target": {"channels": 0.3}, "criterion": "taylor", "measure": False}, tmp_path / "out")
+    assert "LSTM" in str(e.value) and "a recurrent graph" in str(e.value) and "l1" in str(e.value)

@@ -32,6 +32,7 @@
     }
     return m.state === "validating";
   }
-  every(2000, refresh);
-  window.addEventListener("spa:key", () => { groupsShown = false; every(2000, refresh); });
+  let stop = every(2000, refresh);
+  // a new key restarts the one polling loop (a second loop would poll twice as often)
+  window.addEventListener("spa:key", () => { stop(); groupsShown = false; stop = every(2000, refresh); });
 })();
